@@ -1,0 +1,224 @@
+"""BYOL: the train state, its initialisation and the pure update step.
+
+`update` is written for `jax.pmap(..., axis_name='i')`: it reads the device
+index for per-device augmentation randomness, averages gradients and metrics
+over 'i', and its BatchNorm layers synchronise statistics over 'i'. Everything
+that varies per step (lr, τ, randomness) is derived from `state.step`.
+"""
+
+from typing import Any, Mapping, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from byol_jax import augment
+from byol_jax import losses
+from byol_jax import networks
+from byol_jax import optim
+from byol_jax import parallel
+
+AXIS_NAME = parallel.AXIS_NAME
+# XLA's RngBitGenerator: same statistical quality for our purposes, and it
+# compiles in a fraction of the time threefry needs on CPU (one threefry
+# expansion per parameter made initialisation compile for ~45 s).
+PRNG_IMPL = 'rbg'
+# Module names of the heads; every other module of the online network is part
+# of the encoder (what linear evaluation loads).
+HEAD_MODULES = ('projector', 'predictor', 'classifier')
+
+
+class TrainState(NamedTuple):
+  """Everything a BYOL run carries from step to step (one pytree).
+
+  Attributes:
+    step: int32 scalar, number of updates applied.
+    rng: uint32[4], raw `rbg` key data of the run's base PRNG key; per-step keys
+      are derived from it with `fold_in(step)`.
+    online_params: Haiku params of encoder, projector, predictor, probe.
+    online_state: BatchNorm moving statistics of the online network.
+    target_params: exponential moving average of `online_params`.
+    target_state: BatchNorm statistics of the target network's own forward.
+    opt_state: LARS state (momentum buffers).
+  """
+  step: jax.Array
+  rng: jax.Array
+  online_params: hk.Params
+  online_state: hk.State
+  target_params: hk.Params
+  target_state: hk.State
+  opt_state: optax.OptState
+
+
+def bn_config(model_config: ml_collections.ConfigDict,
+              cross_replica_axis: str | None) -> dict[str, Any]:
+  """The hk.BatchNorm arguments shared by encoder and heads."""
+  return dict(decay_rate=model_config.bn_decay, eps=model_config.bn_eps,
+              create_scale=True, create_offset=True,
+              cross_replica_axis=cross_replica_axis)
+
+
+def make_network(model_config: ml_collections.ConfigDict, num_classes: int,
+                 cross_replica_axis: str | None) -> hk.TransformedWithState:
+  """Online/target network: encoder → projector → predictor, plus the probe.
+
+  The transformed function maps images f32[B, H, W, 3] in [0, 1] and
+  `is_training` to a dict of `embedding` f32[B, D], `projection` and
+  `prediction` f32[B, P], `logits` f32[B, num_classes]. Each view goes through
+  its own `apply`, so BatchNorm statistics are per view. The probe sees
+  `stop_gradient(embedding)`: labels never shape the representation.
+
+  Args:
+    model_config: `config.model` (encoder, head sizes, BatchNorm).
+    num_classes: classes of the linear probe.
+    cross_replica_axis: pmap axis over which BatchNorm statistics are
+      averaged, or None (initialisation, single-device use).
+  """
+  def forward(images: jax.Array, is_training: bool) -> Mapping[str, jax.Array]:
+    bn = bn_config(model_config, cross_replica_axis)
+    encoder = networks.make_encoder(bn_config=bn, **model_config.encoder)
+    projector = networks.MLP(hidden_size=model_config.projector_hidden_size,
+                             output_size=model_config.projector_output_size,
+                             bn_config=bn, name='projector')
+    predictor = networks.MLP(hidden_size=model_config.predictor_hidden_size,
+                             output_size=model_config.projector_output_size,
+                             bn_config=bn, name='predictor')
+    classifier = hk.Linear(num_classes, name='classifier')
+
+    embedding = encoder(augment.normalize_images(images), is_training)
+    projection = projector(embedding, is_training)
+    prediction = predictor(projection, is_training)
+    logits = classifier(jax.lax.stop_gradient(embedding))
+    return dict(embedding=embedding, projection=projection,
+                prediction=prediction, logits=logits)
+
+  return hk.without_apply_rng(hk.transform_with_state(forward))
+
+
+def init_state(config: ml_collections.ConfigDict, num_classes: int,
+               image_shape: tuple[int, int, int]) -> TrainState:
+  """Builds the initial TrainState (unreplicated) for one host.
+
+  As in the reference, online and target networks are initialised from
+  different keys; every process uses the same seed, so all hosts agree.
+
+  Args:
+    config: the pretraining config.
+    num_classes: classes of the linear probe.
+    image_shape: (H, W, C) of the augmented views.
+  """
+  network = make_network(config.model, num_classes, cross_replica_axis=None)
+  base_key = jax.random.key(config.seed, impl=PRNG_IMPL)
+  init_key, run_key = jax.random.split(base_key)
+  online_key, target_key = jax.random.split(init_key)
+
+  @jax.jit
+  def _init():
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    online_params, online_state = network.init(online_key, dummy, True)
+    target_params, target_state = network.init(target_key, dummy, True)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.key_data(run_key),
+        online_params=online_params,
+        online_state=online_state,
+        target_params=target_params,
+        target_state=target_state,
+        opt_state=optim.lars(0.0).init(online_params))
+
+  return _init()
+
+
+class Schedules(NamedTuple):
+  """Static numbers the update needs to derive lr and τ from the step."""
+  global_batch_size: int
+  warmup_steps: int
+  total_steps: int
+
+
+def make_update_fn(config: ml_collections.ConfigDict, num_classes: int,
+                   schedules: Schedules):
+  """Returns `update(state, batch) -> (state, metrics)`, to be pmapped on 'i'.
+
+  `batch` holds, per device, `view1` and `view2` uint8[B, H, W, 3] (random
+  resized crops from the host) and `labels` int32[B]. Metrics are scalars
+  averaged over devices: loss, repr_loss, classif_loss, top1_accuracy,
+  top5_accuracy, learning_rate, tau.
+  """
+  network = make_network(config.model, num_classes, AXIS_NAME)
+  opt = config.optimizer
+
+  def update(state: TrainState, batch: Mapping[str, jax.Array]):
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=PRNG_IMPL),
+                                  state.step)
+    device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
+    key1, key2 = jax.random.split(device_key)
+    view1 = augment.augment_view(batch['view1'], key1, config.augment.view1)
+    view2 = augment.augment_view(batch['view2'], key2, config.augment.view2)
+    labels = batch['labels']
+
+    # The target network runs in training mode (batch statistics) and keeps
+    # its own BatchNorm state, as in the reference. No gradient flows here:
+    # `target_params` is not an argument of the differentiated function.
+    target1, target_state = network.apply(
+        state.target_params, state.target_state, view1, True)
+    target2, target_state = network.apply(
+        state.target_params, target_state, view2, True)
+
+    def loss_fn(online_params):
+      online1, online_state = network.apply(
+          online_params, state.online_state, view1, True)
+      online2, online_state = network.apply(
+          online_params, online_state, view2, True)
+      repr_loss = losses.byol_loss(
+          online1['prediction'], online2['prediction'],
+          target1['projection'], target2['projection'])
+      logits = online1['logits']
+      classif_loss = jnp.mean(losses.softmax_cross_entropy(logits, labels))
+      metrics = dict(
+          repr_loss=repr_loss,
+          classif_loss=classif_loss,
+          top1_accuracy=jnp.mean(losses.topk_correct(logits, labels, 1)),
+          top5_accuracy=jnp.mean(losses.topk_correct(logits, labels, 5)))
+      return repr_loss + classif_loss, (online_state, metrics)
+
+    grads, (online_state, metrics) = jax.grad(loss_fn, has_aux=True)(
+        state.online_params)
+    grads = jax.lax.pmean(grads, AXIS_NAME)
+
+    learning_rate = optim.learning_rate_schedule(
+        state.step, base_learning_rate=opt.base_learning_rate,
+        global_batch_size=schedules.global_batch_size,
+        warmup_steps=schedules.warmup_steps,
+        total_steps=schedules.total_steps)
+    tau = optim.target_ema_schedule(
+        state.step, base_ema=config.training.base_target_ema,
+        total_steps=schedules.total_steps)
+    optimizer = optim.lars(learning_rate, weight_decay=opt.weight_decay,
+                           momentum=opt.momentum, eta=opt.eta)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.online_params)
+    online_params = optax.apply_updates(state.online_params, updates)
+    # τ·target + (1 − τ)·online, with the freshly updated online params.
+    target_params = optax.incremental_update(
+        online_params, state.target_params, step_size=1.0 - tau)
+
+    metrics = jax.lax.pmean(metrics, AXIS_NAME)
+    metrics.update(loss=metrics['repr_loss'] + metrics['classif_loss'],
+                   learning_rate=learning_rate, tau=tau)
+    new_state = TrainState(
+        step=state.step + 1, rng=state.rng,
+        online_params=online_params, online_state=online_state,
+        target_params=target_params, target_state=target_state,
+        opt_state=opt_state)
+    return new_state, metrics
+
+  return update
+
+
+def encoder_subtree(params: hk.Params) -> hk.Params:
+  """The encoder's part of the online params or state (heads removed)."""
+  return {name: value for name, value in params.items()
+          if not name.startswith(HEAD_MODULES)}

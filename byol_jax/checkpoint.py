@@ -1,0 +1,152 @@
+"""Atomic, pickle-free checkpoints: one `.npz` file per saved step.
+
+Each file holds every array of the state under a '/'-joined path key (e.g.
+`online_params/res_net18/~/initial_conv_1/w`) plus `__metadata__`, a JSON
+string with the step and the run's config. `numpy.load` reads it without
+byol_jax installed, and loading never executes code from the file (npz with
+`allow_pickle=False`). A file is written under a temporary name and renamed
+into place, so a run killed mid-write never leaves a file that looks complete.
+"""
+
+import io
+import json
+import os
+import re
+import zipfile
+from typing import Any
+
+import jax
+import numpy as np
+from tensorflow import errors as tf_errors
+from tensorflow.io import gfile
+
+_PATTERN = re.compile(r'^checkpoint_(\d{9})\.npz$')
+_METADATA_KEY = '__metadata__'
+
+
+class CheckpointError(Exception):
+  """A checkpoint is missing, unreadable, or does not fit the model."""
+
+
+def path_key(path: tuple[Any, ...]) -> str:
+  """'/'-joined name of a pytree path (dict keys, NamedTuple fields, indices)."""
+  parts = []
+  for entry in path:
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(entry, attribute):
+        parts.append(str(getattr(entry, attribute)))
+        break
+    else:
+      parts.append(str(entry))
+  return '/'.join(parts)
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+  """{path key: numpy array} for every leaf of `tree`."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {path_key(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def save(directory: str, step: int, tree: Any, metadata: dict[str, Any],
+         keep: int) -> str:
+  """Writes `tree` as `<directory>/checkpoint_<step>.npz`, atomically.
+
+  Args:
+    directory: checkpoint folder (local path or any `tf.io.gfile` URL).
+    step: the training step the state is at.
+    tree: a pytree of host arrays (already fetched from the devices).
+    metadata: JSON-serialisable facts stored beside the arrays.
+    keep: how many of the newest checkpoints to keep; older ones are removed.
+
+  Returns:
+    The path written.
+  """
+  gfile.makedirs(directory)
+  arrays = flatten(tree)
+  arrays[_METADATA_KEY] = np.array(json.dumps(dict(metadata, step=step)))
+  final_path = os.path.join(directory, f'checkpoint_{step:09d}.npz')
+  temp_path = f'{final_path}.tmp-{os.getpid()}'
+  # zipfile needs a seekable, readable file, which a GFile being written is
+  # not: serialise in memory, then write the bytes in one go.
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  with gfile.GFile(temp_path, 'wb') as f:
+    f.write(buffer.getvalue())
+  gfile.rename(temp_path, final_path, overwrite=True)
+  for old_step in all_steps(directory)[:-keep]:
+    gfile.remove(os.path.join(directory, f'checkpoint_{old_step:09d}.npz'))
+  return final_path
+
+
+def all_steps(directory: str) -> list[int]:
+  """Steps of the complete checkpoints in `directory`, ascending."""
+  if not gfile.isdir(directory):
+    return []
+  steps = [int(m.group(1)) for name in gfile.listdir(directory)
+           if (m := _PATTERN.match(name))]
+  return sorted(steps)
+
+
+def latest_path(directory: str) -> str | None:
+  """Path of the newest complete checkpoint in `directory`, or None."""
+  steps = all_steps(directory)
+  if not steps:
+    return None
+  return os.path.join(directory, f'checkpoint_{steps[-1]:09d}.npz')
+
+
+def load_arrays(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Reads a checkpoint file into ({path key: array}, metadata)."""
+  if not gfile.exists(path):
+    raise CheckpointError(
+        f'checkpoint {path} does not exist; pass the path of a '
+        'checkpoint_*.npz file or a folder that contains one')
+  try:
+    with gfile.GFile(path, 'rb') as f:
+      with np.load(f, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    metadata = json.loads(str(arrays.pop(_METADATA_KEY)))
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+          tf_errors.OpError) as e:
+    raise CheckpointError(
+        f'checkpoint {path} is corrupt or not a byol_jax checkpoint '
+        f'({type(e).__name__}: {e}); delete it to fall back to the previous '
+        'one') from e
+  return arrays, metadata
+
+
+def restore_into(template: Any, arrays: dict[str, np.ndarray], path: str,
+                 prefix: str = '') -> Any:
+  """Fills `template`'s structure with the arrays stored under its keys.
+
+  Args:
+    template: pytree whose leaves have `.shape` and `.dtype` (arrays or
+      `jax.ShapeDtypeStruct`s) describing what the model expects.
+    arrays: {path key: array} from `load_arrays`.
+    path: the checkpoint's path, for error messages.
+    prefix: prepended (with '/') to each template key before the look-up,
+      e.g. 'online_params' to read only the online network.
+
+  Returns:
+    A pytree like `template` holding numpy arrays.
+
+  Raises:
+    CheckpointError: naming the first missing or differently shaped array.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+  restored = []
+  for leaf_path, leaf in leaves:
+    key = path_key(leaf_path)
+    key = f'{prefix}/{key}' if prefix else key
+    if key not in arrays:
+      raise CheckpointError(
+          f'checkpoint {path} has no array {key!r}: it was written for a '
+          'different architecture; match the config to the checkpoint')
+    value = arrays[key]
+    if value.shape != tuple(leaf.shape):
+      raise CheckpointError(
+          f'checkpoint {path} does not fit the model: {key!r} has shape '
+          f'{value.shape} in the checkpoint but {tuple(leaf.shape)} in the '
+          'model; match the config (depth, width, heads) to the checkpoint')
+    restored.append(value.astype(leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, restored)

@@ -1,0 +1,239 @@
+"""This process's shard of a TFDS image-classification split, as RGB uint8.
+
+Our split names and how they map onto TFDS's splits:
+
+  split             ImageNet (`imagenet2012`)      any other dataset
+  'train'           tfds train[10000:]              tfds train[n // 10:]
+  'valid'           tfds train[:10000]              tfds train[:n // 10]
+  'train_and_valid' tfds train                      tfds train
+  'test'            tfds validation                 tfds test (validation if
+                                                    there is no test split)
+
+(n is the size of TFDS's train split.) ImageNet follows the reference: its
+labelled test set is TFDS's validation split and 10,000 training images are
+held out for model selection. Other datasets hold out the first 10 % of TFDS's
+train split the same way. Like the reference, pretraining and linear training
+use 'train_and_valid' and final numbers are reported on 'test'.
+
+Each split is cut into `process_count` contiguous, disjoint ranges that cover
+it; process i reads only range i, as absolute example indices, so no process
+reads data that it then throws away.
+"""
+
+from collections.abc import Mapping
+import os
+from typing import NamedTuple
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from byol_jax.data import fashion_mnist
+from byol_jax.data.errors import DatasetError
+
+SPLITS = ('train', 'valid', 'train_and_valid', 'test')
+
+# Datasets whose conventions differ from the default (see module docstring):
+# name -> (held-out examples at the head of train, tfds split used as 'test').
+_CONVENTIONS = {'imagenet2012': (10_000, 'validation')}
+
+_MANUAL_DOWNLOAD_FILES = {
+    'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar',
+}
+
+
+class DatasetSpec(NamedTuple):
+  """What a model and a schedule need to know about a dataset.
+
+  image_shape: (height, width, channels) as stored; None entries vary by image.
+  num_classes: number of labels.
+  split_sizes: our split name -> number of examples (all processes
+    together), for the splits of SPLITS that the dataset has.
+  """
+  image_shape: tuple[int | None, ...]
+  num_classes: int
+  split_sizes: Mapping[str, int]
+
+
+def split_range(name: str, split: str,
+                tfds_sizes: Mapping[str, int]) -> tuple[str, int, int]:
+  """Where our split lives in TFDS: (tfds split, start, end), end exclusive.
+
+  Args:
+    name: the TFDS builder name, e.g. 'imagenet2012' (no version).
+    split: one of SPLITS.
+    tfds_sizes: TFDS split name -> number of examples.
+  """
+  if split not in SPLITS:
+    raise ValueError(f'unknown split {split!r}; expected one of {SPLITS}')
+  num_train = tfds_sizes.get('train', 0)
+  held_out, test_split = _CONVENTIONS.get(
+      name, (num_train // 10,
+             'test' if 'test' in tfds_sizes else 'validation'))
+  needed = test_split if split == 'test' else 'train'
+  if needed not in tfds_sizes:
+    raise DatasetError(f'{name} has no {needed!r} split (it has '
+                       f'{sorted(tfds_sizes)}), needed for our {split!r}.')
+  if split == 'test':
+    return test_split, 0, tfds_sizes[test_split]
+  return {
+      'train': ('train', held_out, num_train),
+      'valid': ('train', 0, held_out),
+      'train_and_valid': ('train', 0, num_train),
+  }[split]
+
+
+def shard_range(start: int, end: int, process_index: int,
+                process_count: int) -> tuple[int, int]:
+  """Process `process_index`'s contiguous part of [start, end).
+
+  The parts of all processes are disjoint, cover [start, end) and differ in
+  size by at most one example.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in '
+                     f'[0, {process_count})')
+  size = end - start
+  return (start + size * process_index // process_count,
+          start + size * (process_index + 1) // process_count)
+
+
+def _not_prepared_message(builder: tfds.core.DatasetBuilder) -> str:
+  data_dir = os.fspath(builder.data_dir_root)
+  build = f'tfds build {builder.name} --data_dir={data_dir}'
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    files = _MANUAL_DOWNLOAD_FILES.get(builder.name,
+                                       'the manually downloaded files')
+    return (f'{builder.name} is not prepared in {data_dir}: put {files} in '
+            f'{data_dir}/downloads/manual/ and run `{build}`.')
+  return (f'{builder.name} is not prepared in {data_dir}: run `{build}` on a '
+          f'machine with internet, then copy its {builder.name}/ directory '
+          f'into {data_dir}/.')
+
+
+def get_builder(name: str, data_dir: str | None, *,
+                fashion_mnist_dir: str) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder for `name` ('name' or 'name:version').
+
+  `data_dir` None means TFDS's default ($TFDS_DATA_DIR or
+  ~/tensorflow_datasets).
+
+  `fashion_mnist` is first built from the local IDX files in
+  fashion_mnist_dir if data_dir lacks it. Nothing is ever downloaded: a
+  dataset that is not prepared fails at once.
+
+  Raises:
+    DatasetError: unknown dataset, not prepared, or bad Fashion-MNIST files.
+  """
+  data_dir = data_dir or os.path.expanduser(tfds.core.constants.DATA_DIR)
+  if name.split(':')[0] == 'fashion_mnist':
+    fashion_mnist.prepare_fashion_mnist(data_dir, fashion_mnist_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetError(
+        f'no dataset {name!r} in {data_dir} and TFDS knows no builder of that '
+        f'name: check the name, or put its prepared {name}/ directory in '
+        f'{data_dir}/.') from None
+  if not builder.is_prepared():
+    raise DatasetError(_not_prepared_message(builder))
+  return builder
+
+
+def _tfds_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
+  return {k: v.num_examples for k, v in builder.info.splits.items()}
+
+
+def dataset_spec(name: str, data_dir: str, *,
+                 fashion_mnist_dir: str) -> DatasetSpec:
+  """Image shape, number of classes and split sizes of a prepared dataset.
+
+  split_sizes lists the splits of SPLITS that the dataset has.
+  """
+  builder = get_builder(name, data_dir, fashion_mnist_dir=fashion_mnist_dir)
+  image_key, label_key = builder.info.supervised_keys or ('image', 'label')
+  features = builder.info.features
+  sizes = {}
+  for split in SPLITS:
+    try:
+      _, start, end = split_range(builder.name, split, _tfds_sizes(builder))
+    except DatasetError:
+      continue  # e.g. no test split
+    sizes[split] = end - start
+  return DatasetSpec(image_shape=tuple(features[image_key].shape),
+                     num_classes=features[label_key].num_classes,
+                     split_sizes=sizes)
+
+
+def num_examples(name: str, split: str, data_dir: str, *,
+                 fashion_mnist_dir: str, process_index: int = 0,
+                 process_count: int = 1) -> int:
+  """Examples in this process's shard of `split` (the whole split by default).
+
+  Raises:
+    DatasetError: see get_builder; also a dataset without that split.
+  """
+  builder = get_builder(name, data_dir, fashion_mnist_dir=fashion_mnist_dir)
+  _, start, end = split_range(builder.name, split, _tfds_sizes(builder))
+  start, end = shard_range(start, end, process_index, process_count)
+  return end - start
+
+
+def load_split(name: str, split: str, data_dir: str, *,
+               fashion_mnist_dir: str, process_index: int, process_count: int,
+               shuffle_files: bool, seed: int,
+               decode: bool = True) -> tf.data.Dataset:
+  """This process's shard of `split`.
+
+  Args:
+    name: TFDS name ('fashion_mnist', 'cifar10', 'imagenet2012:5.*.*', ...)
+      of a dataset with an image and a label feature.
+    split: one of SPLITS.
+    data_dir: the TFDS data directory.
+    fashion_mnist_dir: where the Fashion-MNIST IDX files are (used only when
+      `fashion_mnist` must be prepared).
+    process_index, process_count: which shard to read, out of how many.
+    shuffle_files: read the shard's files in a seeded random order (the order
+      of examples inside a file is kept).
+    seed: seed of that file order.
+    decode: False keeps images encoded (a tf.string scalar; `decode_rgb`
+      decodes it), which is ~5x smaller to hold in a shuffle buffer.
+
+  Returns:
+    Dataset of (image uint8[H, W, 3], label int32); grayscale is repeated to
+    3 channels. Element order is a pure function of the arguments.
+
+  Raises:
+    DatasetError: see get_builder; also a dataset without that split, or
+      images with 2 or 4 channels.
+  """
+  builder = get_builder(name, data_dir, fashion_mnist_dir=fashion_mnist_dir)
+  image_key = (builder.info.supervised_keys or ('image',))[0]
+  channels = builder.info.features[image_key].shape[-1]
+  if channels not in (1, 3):
+    raise DatasetError(f'{builder.name} images have {channels} channels; '
+                       'only grayscale (1) and RGB (3) are supported.')
+  tfds_split, start, end = split_range(builder.name, split,
+                                       _tfds_sizes(builder))
+  start, end = shard_range(start, end, process_index, process_count)
+  # TFDS refuses empty instructions; read one example and drop it instead.
+  instruction = tfds.core.ReadInstruction(
+      tfds_split, from_=start, to=max(end, start + 1), unit='abs')
+  ds = builder.as_dataset(
+      split=instruction, as_supervised=True, shuffle_files=shuffle_files,
+      decoders=None if decode else {image_key: tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False))
+  ds = ds.take(end - start)
+  options = tf.data.Options()
+  options.deterministic = True
+  to_rgb = (tf.image.grayscale_to_rgb if decode and channels == 1
+            else tf.identity)
+  convert = tf.autograph.experimental.do_not_convert(
+      lambda image, label: (to_rgb(image), tf.cast(label, tf.int32)))
+  return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True).with_options(options)
+
+
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded PNG/JPEG bytes (tf.string scalar) -> uint8[H, W, 3]."""
+  # channels=3 also expands grayscale, matching load_split(decode=True).
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)

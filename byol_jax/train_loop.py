@@ -1,0 +1,282 @@
+"""The training loops: own cadence (feed, log, checkpoint), not maths.
+
+`pretrain` and `linear_evaluation` validate what they can before any work,
+resume from the latest checkpoint in `<workdir>/checkpoints` if there is one,
+pmap their step once and run to the step count of the config. Each writes
+metrics.jsonl, tensorboard/, metrics.png and results.json into the workdir.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+import jax
+import ml_collections
+from tensorflow.io import gfile
+
+from byol_jax import byol
+from byol_jax import checkpoint
+from byol_jax import linear_eval
+from byol_jax import metric_writer
+from byol_jax import parallel
+from byol_jax import progress
+from byol_jax.data import device_feed
+from byol_jax.data import pipelines
+from byol_jax.data import sources
+
+PRETRAIN_PLOTS = ('loss', 'repr_loss', 'classif_loss', 'top1_accuracy',
+                  'learning_rate', 'tau')
+LINEAR_EVAL_PLOTS = ('loss', 'top1_accuracy', 'learning_rate')
+
+
+def dataset_kwargs(dataset_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Arguments that locate the data, shared by every pipeline call."""
+  return dict(data_dir=dataset_config.data_dir or None,
+              fashion_mnist_dir=dataset_config.fashion_mnist_dir)
+
+
+def process_kwargs() -> dict[str, int]:
+  """Which devices and which shard of the data this process owns."""
+  return dict(num_local_devices=jax.local_device_count(),
+              process_index=jax.process_index(),
+              process_count=jax.process_count())
+
+
+def run_length(config: ml_collections.ConfigDict, num_train_examples: int,
+               warmup_epochs: float = 0.0) -> byol.Schedules:
+  """Steps of the whole run and of the warm-up, from epochs or max_steps."""
+  batch = config.training.global_batch_size
+  steps_per_epoch = num_train_examples / batch
+  total = config.training.max_steps or math.ceil(
+      config.training.num_epochs * steps_per_epoch)
+  warmup = min(round(warmup_epochs * steps_per_epoch), total)
+  return byol.Schedules(global_batch_size=batch, warmup_steps=warmup,
+                        total_steps=total)
+
+
+def check_finite(step: int, scalars: dict[str, float]) -> None:
+  """Stops the run with a clear message when a metric is NaN or infinite."""
+  bad = [name for name, value in scalars.items() if not math.isfinite(value)]
+  if bad:
+    raise FloatingPointError(
+        f'{", ".join(bad)} became non-finite at step {step}; lower '
+        '--config.optimizer.base_learning_rate and resume from the last '
+        'checkpoint')
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes JSON via a temporary file and a rename: never half-written."""
+  temp_path = f'{path}.tmp-{os.getpid()}'
+  with gfile.GFile(temp_path, 'w') as f:
+    json.dump(value, f, indent=2)
+  gfile.rename(temp_path, path, overwrite=True)
+
+
+def restore_latest(state: Any, checkpoint_dir: str) -> Any:
+  """`state` filled from the newest checkpoint in `checkpoint_dir`, if any."""
+  latest = checkpoint.latest_path(checkpoint_dir)
+  if latest is None:
+    return state
+  arrays, _ = checkpoint.load_arrays(latest)
+  logging.info('Resuming from %s', latest)
+  return checkpoint.restore_into(state, arrays, latest)
+
+
+def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
+              config: ml_collections.ConfigDict, workdir: str,
+              total_steps: int, images_per_step: int,
+              metadata: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+  """Applies `step_fn` until `total_steps`, logging and checkpointing.
+
+  Args:
+    step_fn: pmapped `(state, batch) -> (state, metrics)`, state donated.
+    state: replicated state whose `step` field says where to start.
+    batches: device batches, starting at that step.
+    config: the run's config (`logging`, `checkpointing` sections).
+    workdir: where metrics and checkpoints go.
+    total_steps: the step to stop at.
+    images_per_step: global batch size, for the images/s report.
+    metadata: stored in each checkpoint beside the arrays.
+
+  Returns:
+    The final replicated state and the last logged metrics.
+  """
+  is_chief = jax.process_index() == 0
+  start_step = int(parallel.first_replica(state.step))
+  writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
+  meter = progress.Progress(total_steps, images_per_step, start_step)
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  last_save_time = time.monotonic()
+  scalars = {}
+  for done in range(start_step + 1, total_steps + 1):
+    state, metrics = step_fn(state, next(batches))
+    is_last = done == total_steps
+    if done % config.logging.log_every_steps == 0 or is_last:
+      scalars = {k: float(v) for k, v in
+                 parallel.first_replica(metrics).items()}
+      check_finite(done, scalars)
+      writer.write(done, scalars)
+      if is_chief:
+        print(meter.report(done, f'loss {scalars["loss"]:.4f} | top1 '
+                                 f'{scalars["top1_accuracy"]:.3f}'),
+              flush=True)
+    if (is_last or done % config.checkpointing.every_steps == 0 or
+        time.monotonic() - last_save_time > config.checkpointing.every_secs):
+      if is_chief:
+        checkpoint.save(checkpoint_dir, done, parallel.first_replica(state),
+                        metadata, keep=config.checkpointing.keep)
+      last_save_time = time.monotonic()
+  writer.close()
+  return state, scalars
+
+
+def finish(workdir: str, results: dict[str, Any], plots: tuple[str, ...]):
+  """Writes results.json and metrics.png (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  jsonl = os.path.join(workdir, 'metrics.jsonl')
+  if gfile.exists(jsonl):
+    metric_writer.plot_metrics(jsonl, os.path.join(workdir, 'metrics.png'),
+                               plots)
+  write_json(os.path.join(workdir, 'results.json'), results)
+
+
+def completed_results(workdir: str, step: int, total_steps: int):
+  """The saved results of a run that already reached its last step, or None."""
+  path = os.path.join(workdir, 'results.json')
+  if step < total_steps or not gfile.exists(path):
+    return None
+  with gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) BYOL pretraining; returns the final metrics."""
+  parallel.check_batch_divisible(config.training.global_batch_size)
+  data = dataset_kwargs(config.dataset)
+  split = config.dataset.train_split
+  num_train = sources.num_examples(config.dataset.name, split, **data)
+  num_classes = sources.dataset_spec(config.dataset.name, **data).num_classes
+  schedules = run_length(config, num_train, config.optimizer.warmup_epochs)
+  size = config.dataset.image_size
+
+  state = byol.init_state(config, num_classes, (size, size, 3))
+  state = restore_latest(state, os.path.join(workdir, 'checkpoints'))
+  start_step = int(state.step)
+  done = completed_results(workdir, start_step, schedules.total_steps)
+  if done is not None:
+    print(f'pretraining already complete at step {start_step}', flush=True)
+    return done
+  if jax.process_index() == 0:
+    print(f'pretraining on {config.dataset.name}: {num_train} images, '
+          f'{schedules.total_steps} steps of {schedules.global_batch_size} '
+          f'on {jax.device_count()} devices'
+          + (f', resuming at step {start_step}' if start_step else ''),
+          flush=True)
+
+  batches = device_feed.prefetch_to_devices(pipelines.pretrain_batches(
+      config.dataset.name, split=split, **data, **process_kwargs(),
+      global_batch_size=schedules.global_batch_size, image_size=size,
+      seed=config.seed, start_step=start_step,
+      crop_area=(config.dataset.crop_area_min, config.dataset.crop_area_max),
+      crop_aspect=(config.dataset.crop_aspect_min,
+                   config.dataset.crop_aspect_max)))
+  update = jax.pmap(byol.make_update_fn(config, num_classes, schedules),
+                    axis_name=byol.AXIS_NAME, donate_argnums=0)
+  _, scalars = run_steps(
+      update, parallel.replicate(state), batches, config=config,
+      workdir=workdir, total_steps=schedules.total_steps,
+      images_per_step=schedules.global_batch_size,
+      metadata=dict(kind='byol_pretrain', config=config.to_dict()))
+  results = dict(step=schedules.total_steps, **scalars)
+  finish(workdir, results, PRETRAIN_PLOTS)
+  return results
+
+
+def resolve_checkpoint(path: str) -> str:
+  """A checkpoint file from a file path, a run's workdir or its checkpoints/."""
+  for folder in (path, os.path.join(path, 'checkpoints')):
+    if gfile.isdir(folder) and (latest := checkpoint.latest_path(folder)):
+      return latest
+  if gfile.exists(path) and not gfile.isdir(path):
+    return path
+  raise checkpoint.CheckpointError(
+      f'no checkpoint at {path!r}; pass --config.checkpoint=<pretraining '
+      'workdir or checkpoint_*.npz file>, or --config.encoder_init=random')
+
+
+def linear_evaluation(config: ml_collections.ConfigDict,
+                      workdir: str) -> dict[str, Any]:
+  """Trains a linear classifier on a (frozen) encoder and tests it.
+
+  Returns top1/top5 over every example of the evaluation split and
+  `num_examples`, also written to `<workdir>/results.json`.
+  """
+  parallel.check_batch_divisible(config.training.global_batch_size)
+  parallel.check_batch_divisible(config.eval.global_batch_size)
+  data = dataset_kwargs(config.dataset)
+  num_train = sources.num_examples(config.dataset.name,
+                                   config.dataset.train_split, **data)
+  num_classes = sources.dataset_spec(config.dataset.name, **data).num_classes
+  total_steps = run_length(config, num_train).total_steps
+  source = None
+  if config.encoder_init == 'checkpoint':
+    source = resolve_checkpoint(config.checkpoint)
+  elif config.encoder_init != 'random':
+    raise ValueError(f'encoder_init={config.encoder_init!r}; use '
+                     '--config.encoder_init=checkpoint or random')
+
+  state = linear_eval.init_state(config, num_classes)
+  if source:
+    state = linear_eval.load_pretrained_encoder(state, source)
+  state = restore_latest(state, os.path.join(workdir, 'checkpoints'))
+  start_step = int(state.step)
+  done = completed_results(workdir, start_step, total_steps)
+  if done is not None:
+    print(f'linear evaluation already complete: top-1 {done["top1"]:.4f}',
+          flush=True)
+    return done
+  if jax.process_index() == 0:
+    print(f'linear evaluation of {source or "a random encoder"} on '
+          f'{config.dataset.name}: {total_steps} steps of '
+          f'{config.training.global_batch_size}'
+          + (f', resuming at step {start_step}' if start_step else ''),
+          flush=True)
+
+  size = config.dataset.image_size
+  batches = device_feed.prefetch_to_devices(pipelines.linear_train_batches(
+      config.dataset.name, split=config.dataset.train_split, **data,
+      **process_kwargs(), global_batch_size=config.training.global_batch_size,
+      image_size=size, seed=config.seed, start_step=start_step,
+      crop_area=(config.dataset.crop_area_min, config.dataset.crop_area_max),
+      crop_aspect=(config.dataset.crop_aspect_min,
+                   config.dataset.crop_aspect_max)))
+  train_step = jax.pmap(
+      linear_eval.make_train_step(config, num_classes, total_steps),
+      axis_name=linear_eval.AXIS_NAME, donate_argnums=0)
+  state, scalars = run_steps(
+      train_step, parallel.replicate(state), batches, config=config,
+      workdir=workdir, total_steps=total_steps,
+      images_per_step=config.training.global_batch_size,
+      metadata=dict(kind='linear_eval', config=config.to_dict(),
+                    encoder=source or 'random'))
+
+  eval_step = jax.pmap(linear_eval.make_eval_step(config, num_classes),
+                       axis_name=linear_eval.AXIS_NAME)
+  test = linear_eval.evaluate(eval_step, state, device_feed.prefetch_to_devices(
+      pipelines.eval_batches(
+          config.dataset.name, config.dataset.eval_split, **data,
+          **process_kwargs(), global_batch_size=config.eval.global_batch_size,
+          image_size=size, crop_fraction=config.dataset.eval_crop_fraction)))
+  results = dict(test, split=config.dataset.eval_split,
+                 encoder=source or 'random', step=total_steps,
+                 train_loss=scalars.get('loss'),
+                 train_top1=scalars.get('top1_accuracy'))
+  if jax.process_index() == 0:
+    print(f'{config.dataset.eval_split}: top-1 {test["top1"]:.4f}, top-5 '
+          f'{test["top5"]:.4f} over {test["num_examples"]} images', flush=True)
+  finish(workdir, results, LINEAR_EVAL_PLOTS)
+  return results

@@ -1,0 +1,73 @@
+"""Linear evaluation configs (frozen encoder; `finetune=True` trains it too).
+
+Presets: `imagenet` (the reference's protocol: ResNet-50 1x, 80 epochs of
+SGD + Nesterov at lr 0.2 × batch/256, cosine, random crop + flip for training,
+224 centre crop of the image resized by 224/256 for testing) and `demo`
+(the encoder of the `demo` pretraining preset on Fashion-MNIST).
+
+  python -m experiments.linear_eval --workdir=runs/byol_300ep/linear_eval \
+      --config=experiments/configs/linear_eval.py:imagenet \
+      --config.checkpoint=runs/byol_300ep
+
+Expected: the paper's Table 1 (ResNet-50 1x, 1000 epochs): 74.3 % top-1,
+91.6 % top-5 on the ImageNet validation set. The baseline of a random encoder
+is `--config.encoder_init=random`.
+"""
+
+import ml_collections
+
+from experiments.configs import byol as byol_configs
+
+
+def imagenet_config() -> ml_collections.ConfigDict:
+  """The reference's linear evaluation on ImageNet."""
+  pretrain = byol_configs.get_config('1000ep')
+  return ml_collections.ConfigDict(dict(
+      seed=0,
+      checkpoint='',  # Pretraining workdir, checkpoints/ folder or file.
+      encoder_init='checkpoint',  # Or 'random': the untrained baseline.
+      finetune=False,
+      dataset=dict(
+          name='imagenet2012',
+          data_dir='',
+          fashion_mnist_dir='/usr/share/datasets/fashion-mnist',
+          train_split='train_and_valid',
+          eval_split='test',
+          image_size=224,
+          crop_area_min=0.08,
+          crop_area_max=1.0,
+          crop_aspect_min=3 / 4,
+          crop_aspect_max=4 / 3,
+          eval_crop_fraction=224 / 256,
+      ),
+      model=dict(encoder=pretrain.model.encoder.to_dict(),
+                 bn_decay=pretrain.model.bn_decay,
+                 bn_eps=pretrain.model.bn_eps),
+      optimizer=dict(base_learning_rate=0.2, momentum=0.9, nesterov=True),
+      training=dict(global_batch_size=1024, num_epochs=80.0, max_steps=0),
+      eval=dict(global_batch_size=1000),
+      logging=dict(log_every_steps=100),
+      checkpointing=dict(every_steps=5000, every_secs=1800.0, keep=2),
+  ))
+
+
+def demo_config() -> ml_collections.ConfigDict:
+  """Linear evaluation of the `demo` pretraining preset on Fashion-MNIST."""
+  config = imagenet_config()
+  pretrain = byol_configs.get_config('demo')
+  config.dataset.update(name='fashion_mnist', image_size=32,
+                        eval_crop_fraction=1.0, crop_area_min=0.5)
+  config.model.encoder = pretrain.model.encoder
+  config.checkpoint = 'runs/demo/pretrain'
+  config.training.update(global_batch_size=256, num_epochs=2.0)
+  config.logging.log_every_steps = 50
+  return config
+
+
+def get_config(preset: str = 'imagenet') -> ml_collections.ConfigDict:
+  """Returns the config of `preset` (see the module docstring)."""
+  presets = dict(imagenet=imagenet_config, demo=demo_config)
+  if preset not in presets:
+    raise ValueError(f'unknown preset {preset!r}; choose one of '
+                     f'{sorted(presets)}')
+  return presets[preset]()

@@ -1,0 +1,27 @@
+r"""Linear evaluation (or fine-tuning) of a pretrained encoder.
+
+  python -m experiments.linear_eval --workdir=runs/demo/linear_eval \
+      --config=experiments/configs/linear_eval.py:demo \
+      --config.checkpoint=runs/demo/pretrain
+
+Prints and writes (results.json) top-1/top-5 over the whole test split.
+"""
+
+from absl import app
+from ml_collections import config_flags
+
+from byol_jax import train_loop
+from experiments import entry
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'experiments/configs/linear_eval.py:demo',
+    'Linear evaluation config.', lock_config=True)
+
+
+def main(argv):
+  del argv
+  entry.run(train_loop.linear_evaluation, _CONFIG.value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=entry.parse_flags)

@@ -1,0 +1,26 @@
+r"""BYOL pretraining.
+
+  python -m experiments.pretrain --workdir=runs/demo/pretrain \
+      --config=experiments/configs/byol.py:demo
+
+Re-running the same command resumes from the workdir's latest checkpoint.
+"""
+
+from absl import app
+from ml_collections import config_flags
+
+from byol_jax import train_loop
+from experiments import entry
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'experiments/configs/byol.py:demo', 'Pretraining config.',
+    lock_config=True)
+
+
+def main(argv):
+  del argv
+  entry.run(train_loop.pretrain, _CONFIG.value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=entry.parse_flags)

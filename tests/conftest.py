@@ -1,0 +1,15 @@
+"""Test setup: 4 simulated CPU devices, so pmap and cross-replica BatchNorm run."""
+
+import os
+
+# Must be set before JAX initialises its backends.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Compiled steps are cached across test processes and runs (the end-to-end
+# tests start several processes that compile the same step).
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR',
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 '.cache', 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')

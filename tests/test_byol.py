@@ -1,0 +1,109 @@
+"""The pmapped BYOL update on 4 simulated devices: EMA, schedules, BatchNorm.
+
+One short run (compiled once) is shared by every test of this module.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from byol_jax import byol
+from byol_jax import optim
+from byol_jax import parallel
+from tests import tiny
+
+NUM_CLASSES = 10
+NUM_STEPS = 3
+SCHEDULES = byol.Schedules(global_batch_size=16, warmup_steps=1,
+                           total_steps=4)
+
+
+def _batch(seed, devices=4, per_device=4, size=16):
+  rng = np.random.default_rng(seed)
+  image = lambda: rng.integers(0, 256, (devices, per_device, size, size, 3),
+                               dtype=np.uint8)
+  return dict(view1=image(), view2=image(),
+              labels=rng.integers(0, NUM_CLASSES, (devices, per_device),
+                                  dtype=np.int32))
+
+
+@pytest.fixture(scope='module')
+def run():
+  """States before/after each step (host copies), metrics, final replicas."""
+  config = tiny.pretrain_config()
+  state = byol.init_state(config, NUM_CLASSES, (16, 16, 3))
+  update = jax.pmap(byol.make_update_fn(config, NUM_CLASSES, SCHEDULES),
+                    axis_name='i', donate_argnums=0)
+  replicated = parallel.replicate(state)
+  states, metrics = [jax.device_get(state)], []
+  for k in range(NUM_STEPS):
+    replicated, step_metrics = update(replicated, _batch(k))
+    states.append(parallel.first_replica(replicated))
+    metrics.append(parallel.first_replica(step_metrics))
+  return config, states, metrics, replicated
+
+
+def test_step_counts_and_metrics(run):
+  _, states, metrics, _ = run
+  assert [int(s.step) for s in states] == list(range(NUM_STEPS + 1))
+  for m in metrics:
+    assert 0.0 <= m['repr_loss'] <= 8.0
+    np.testing.assert_allclose(m['loss'], m['repr_loss'] + m['classif_loss'],
+                               rtol=1e-6)
+    assert 0.0 <= m['top1_accuracy'] <= m['top5_accuracy'] <= 1.0
+
+
+def test_lr_and_tau_are_derived_from_the_step(run):
+  config, _, metrics, _ = run
+  peak = config.optimizer.base_learning_rate * 16 / 256
+  # Step 0 is inside the 1-step warm-up (lr 0), step 1 is the peak, step 2
+  # is on the cosine (total 4, so 1/3 of the way: peak·(1+cos(π/3))/2).
+  expected_lr = [0.0, peak, peak * 0.75]
+  for step, m in enumerate(metrics):
+    np.testing.assert_allclose(m['learning_rate'], expected_lr[step],
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(m['tau'], optim.target_ema_schedule(
+        step, base_ema=config.training.base_target_ema, total_steps=4),
+        rtol=1e-6)
+  np.testing.assert_allclose(metrics[0]['tau'], config.training.base_target_ema)
+
+
+def test_target_is_ema_of_the_updated_online_params(run):
+  _, states, metrics, _ = run
+  for step in range(NUM_STEPS):
+    tau = float(metrics[step]['tau'])
+    before, after = states[step], states[step + 1]
+    # Exactly τ·target + (1 − τ)·online_new: any gradient reaching the
+    # target parameters would break this equality.
+    expected = jax.tree.map(lambda t, o: tau * t + (1 - tau) * o,
+                            before.target_params, after.online_params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-7), after.target_params, expected)
+
+
+def test_online_network_learns_once_lr_is_positive(run):
+  _, states, _, _ = run
+  # lr = 0 at step 0: nothing moves. Afterwards every parameter, the probe
+  # included, changes.
+  jax.tree.map(np.testing.assert_array_equal, states[1].online_params,
+               states[0].online_params)
+  changed = [not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(states[2].online_params),
+      jax.tree.leaves(states[3].online_params))]
+  assert all(changed)
+
+
+def test_replicas_stay_identical_across_devices(run):
+  _, _, _, replicated = run
+  # Each device saw different images; cross-replica BatchNorm and pmean'd
+  # gradients must keep statistics and parameters identical.
+  for leaf in jax.tree.leaves((replicated.online_state,
+                               replicated.target_state,
+                               replicated.online_params)):
+    shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+    assert len(shards) == 4
+    for shard in shards[1:]:
+      np.testing.assert_allclose(shard, shards[0], rtol=1e-5, atol=1e-6)
+  averages = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
+      replicated.online_state)[0] if 'average' in jax.tree_util.keystr(path)]
+  assert averages and any(np.abs(np.asarray(a)).max() > 0 for a in averages)

@@ -1,0 +1,26 @@
+"""Tiny configs shared by the tests: a narrow ResNet-18 on 16-px images."""
+
+from experiments.configs import byol as byol_configs
+from experiments.configs import linear_eval as linear_eval_configs
+
+
+def _shrink(config):
+  config.model.encoder.update(depth=18, width_multiplier=0.125,
+                              small_image_stem=True)
+  config.dataset.image_size = 16
+  return config
+
+
+def pretrain_config():
+  config = _shrink(byol_configs.get_config('demo'))
+  config.model.update(projector_hidden_size=32, predictor_hidden_size=32,
+                      projector_output_size=16)
+  config.training.global_batch_size = 16
+  return config
+
+
+def linear_eval_config():
+  config = _shrink(linear_eval_configs.get_config('demo'))
+  config.training.global_batch_size = 16
+  config.eval.global_batch_size = 12
+  return config
