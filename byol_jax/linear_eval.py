@@ -59,6 +59,13 @@ def is_classifier(module_name: str, name: str, value: Any) -> bool:
   return module_name == 'classifier'
 
 
+def _optimizer(config: ml_collections.ConfigDict,
+               learning_rate: float | jax.Array) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum; its state does not depend on the lr."""
+  return optax.sgd(learning_rate, momentum=config.optimizer.momentum,
+                   nesterov=config.optimizer.nesterov)
+
+
 def init_state(config: ml_collections.ConfigDict, num_classes: int) -> EvalState:
   """Randomly initialised encoder and classifier (host arrays)."""
   size = config.dataset.image_size
@@ -74,7 +81,7 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int) -> EvalState
         is_classifier, params)
     return EvalState(step=jnp.zeros((), jnp.int32),
                      rng=jax.random.key_data(run_key), params=params,
-                     state=state, opt_state=optax.sgd(0.0).init(trainable))
+                     state=state, opt_state=_optimizer(config, 0.0).init(trainable))
   return _init()
 
 
@@ -133,8 +140,7 @@ def make_train_step(config: ml_collections.ConfigDict, num_classes: int,
         state.step, base_learning_rate=config.optimizer.base_learning_rate,
         global_batch_size=config.training.global_batch_size,
         warmup_steps=0, total_steps=total_steps)
-    optimizer = optax.sgd(learning_rate, momentum=config.optimizer.momentum,
-                          nesterov=config.optimizer.nesterov)
+    optimizer = _optimizer(config, learning_rate)
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     metrics = jax.lax.pmean(

@@ -6,6 +6,7 @@ import sys
 from typing import Any, Callable
 
 from absl import flags
+from absl import logging
 
 # The errors a user can fix: each prints as one line and exits non-zero.
 _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
@@ -13,6 +14,33 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Folder for checkpoints, metrics and results. Re-running '
     'the same command resumes from its latest checkpoint.', required=True)
+
+
+def config_path(name: str) -> str:
+  """Absolute path of `experiments/configs/<name>`, so defaults work anywhere."""
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
+                      name)
+
+
+def define_config(default: str, help_string: str):
+  """`--config` (a config file with `:preset`) and its `--config.*` overrides.
+
+  Without `--config` on the command line, ml_collections applies the
+  overrides to `default` while the flag is being defined; a bad override
+  then fails here, and gets the same one-line error as in `parse_flags`.
+  Typos fail instead of adding keys (`lock_config=True`).
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_file('config', default, help_string,
+                                           lock_config=True)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    _exit_with(e, sys.argv)
+
+
+def _exit_with(error: Exception, argv: list[str]):
+  print(f'error: {_one_line(error, argv)}', file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -25,8 +53,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    print(f'error: {_one_line(e, argv)}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    _exit_with(e, argv)
 
 
 def _one_line(error: Exception, argv: list[str]) -> str:
@@ -54,16 +81,31 @@ def user_errors() -> tuple[type[Exception], ...]:
   return _USER_ERRORS + (checkpoint.CheckpointError, errors.DatasetError)
 
 
-def quiet_tensorflow() -> None:
-  """Keeps TensorFlow (host input pipeline only) off GPUs/TPUs and quiet."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+def hide_accelerators_from_tensorflow() -> None:
+  """Keeps TensorFlow (host input pipeline only) off GPUs and TPUs."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
 
 
+def enable_compilation_cache() -> None:
+  """Caches compiled steps on disk, so a resumed run starts without compiling.
+
+  Honours JAX_COMPILATION_CACHE_DIR; defaults to ~/.cache/byol_jax/xla.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.expanduser('~/.cache/byol_jax/xla'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
 def run(job: Callable[[Any, str], Any], config: Any) -> None:
   """Runs `job(config, workdir)`; user errors become one line and exit 2."""
-  quiet_tensorflow()
+  hide_accelerators_from_tensorflow()
+  enable_compilation_cache()
+  if not flags.FLAGS['verbosity'].present:
+    # TFDS logs every file it opens at INFO; the progress lines are printed.
+    logging.set_verbosity(logging.WARNING)
   try:
     job(config, WORKDIR.value)
   except user_errors() as e:

@@ -8,14 +8,12 @@ Prints and writes (results.json) top-1/top-5 over the whole test split.
 """
 
 from absl import app
-from ml_collections import config_flags
 
 from byol_jax import train_loop
 from experiments import entry
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/linear_eval.py:demo',
-    'Linear evaluation config.', lock_config=True)
+_CONFIG = entry.define_config(entry.config_path('linear_eval.py:demo'),
+                              'Linear evaluation config.')
 
 
 def main(argv):

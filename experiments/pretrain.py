@@ -7,14 +7,12 @@ Re-running the same command resumes from the workdir's latest checkpoint.
 """
 
 from absl import app
-from ml_collections import config_flags
 
 from byol_jax import train_loop
 from experiments import entry
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/byol.py:demo', 'Pretraining config.',
-    lock_config=True)
+_CONFIG = entry.define_config(entry.config_path('byol.py:demo'),
+                              'Pretraining config.')
 
 
 def main(argv):

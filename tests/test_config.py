@@ -71,8 +71,13 @@ def test_override_is_parsed():
     ('--config.training.global_batch_size=abc',
      "--config.training.global_batch_size=abc: invalid literal for int()"),
 ])
-def test_bad_override_fails_with_one_line_before_any_work(flag, message):
-  result = _run_pretrain('--config=experiments/configs/byol.py:demo', flag)
+@pytest.mark.parametrize('config_flag', [
+    ['--config=experiments/configs/byol.py:demo'],
+    [],  # the default config: its overrides are applied at flag definition
+])
+def test_bad_override_fails_with_one_line_before_any_work(config_flag, flag,
+                                                          message):
+  result = _run_pretrain(*config_flag, flag)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], result.stderr
