@@ -73,7 +73,6 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int) -> EvalState
   init_key, run_key = jax.random.split(
       jax.random.key(config.seed, impl=byol.PRNG_IMPL))
 
-  @jax.jit
   def _init():
     params, state = network.init(
         init_key, jnp.zeros((2, size, size, 3), jnp.float32), True)
@@ -82,7 +81,7 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int) -> EvalState
     return EvalState(step=jnp.zeros((), jnp.int32),
                      rng=jax.random.key_data(run_key), params=params,
                      state=state, opt_state=_optimizer(config, 0.0).init(trainable))
-  return _init()
+  return byol.run_initializer(_init)
 
 
 def load_pretrained_encoder(state: EvalState, path: str) -> EvalState:

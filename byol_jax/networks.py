@@ -28,6 +28,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from byol_jax import conv
+
 # Keyword arguments of `hk.BatchNorm`: `decay_rate`, `eps`, `create_scale`,
 # `create_offset`, `cross_replica_axis` (None, or the pmap axis name, e.g. 'i').
 BNConfig = Mapping[str, Any]
@@ -78,10 +80,11 @@ def _scaled_channels(base: int, width_multiplier: float) -> int:
   return int(channels)
 
 
-def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
+def _conv(channels: int, kernel: int, stride: int, name: str) -> conv.Conv2D:
   # Every ResNet conv: SAME padding, no bias (a batch norm is next to it).
-  return hk.Conv2D(output_channels=channels, kernel_shape=kernel, stride=stride,
-                   with_bias=False, padding='SAME', name=name)
+  # Same names and parameters as hk.Conv2D, faster on CPUs (see conv.py).
+  return conv.Conv2D(output_channels=channels, kernel_shape=kernel,
+                     stride=stride, name=name)
 
 
 def _layer_shapes(channels: int, stride: int,

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from byol_jax import conv
 from byol_jax import networks
 
 BN = dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True)
@@ -154,11 +155,13 @@ class _ReferenceTorso(hk.Module):
 
 
 @pytest.mark.parametrize('bottleneck,v2', [(True, False), (False, True)])
-def test_matches_reference_blocks(bottleneck, v2):
+def test_matches_reference_blocks(bottleneck, v2, monkeypatch):
   """Same names, shapes, initial values (so the same initialisers and creation
   order), BN state, outputs and state updates as the reference's construction.
   The two cases cover both block kinds and both versions (layer shapes are
-  shared code)."""
+  shared code). XLA's convolution on both sides makes them bitwise
+  comparable; test_conv.py shows the CPU patches path computes the same."""
+  monkeypatch.setenv(conv.IMPLEMENTATION_ENV, 'xla')
   blocks, channels = (2, 1, 1, 1), (8, 8, 16, 16)
   ours = _torso_fn(lambda: networks.ResNetTorso(
       blocks, bn_config=BN, resnet_v2=v2, bottleneck=bottleneck,
