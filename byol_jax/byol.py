@@ -143,6 +143,22 @@ def run_initializer(init_fn):
   return jax.jit(init_fn).lower().compile(compiler_options=options)()
 
 
+def augment_views(augment_config: ml_collections.ConfigDict, state: TrainState,
+                  batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """This step's two augmented views, f32[B, H, W, 3] each (inside pmap on 'i').
+
+  The keys derive from the run's rng, the step and the device index, so
+  every device augments its own images differently and a resumed run
+  repeats the same randomness.
+  """
+  step_key = jax.random.fold_in(
+      jax.random.wrap_key_data(state.rng, impl=PRNG_IMPL), state.step)
+  device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
+  key1, key2 = jax.random.split(device_key)
+  return (augment.augment_view(batch['view1'], key1, augment_config.view1),
+          augment.augment_view(batch['view2'], key2, augment_config.view2))
+
+
 class Schedules(NamedTuple):
   """Static numbers the update needs to derive lr and τ from the step."""
   global_batch_size: int
@@ -163,12 +179,7 @@ def make_update_fn(config: ml_collections.ConfigDict, num_classes: int,
   opt = config.optimizer
 
   def update(state: TrainState, batch: Mapping[str, jax.Array]):
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=PRNG_IMPL),
-                                  state.step)
-    device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
-    key1, key2 = jax.random.split(device_key)
-    view1 = augment.augment_view(batch['view1'], key1, config.augment.view1)
-    view2 = augment.augment_view(batch['view2'], key2, config.augment.view2)
+    view1, view2 = augment_views(config.augment, state, batch)
     labels = batch['labels']
 
     # The target network runs in training mode (batch statistics) and keeps

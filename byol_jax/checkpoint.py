@@ -1,7 +1,7 @@
 """Atomic, pickle-free checkpoints: one `.npz` file per saved step.
 
 Each file holds every array of the state under a '/'-joined path key (e.g.
-`online_params/res_net18/~/initial_conv_1/w`) plus `__metadata__`, a JSON
+`online_params/res_net18/~/initial_conv/w`) plus `__metadata__`, a JSON
 string with the step and the run's config. `numpy.load` reads it without
 byol_jax installed, and loading never executes code from the file (npz with
 `allow_pickle=False`). A file is written under a temporary name and renamed
@@ -62,20 +62,30 @@ def save(directory: str, step: int, tree: Any, metadata: dict[str, Any],
     The path written.
   """
   gfile.makedirs(directory)
-  arrays = flatten(tree)
-  arrays[_METADATA_KEY] = np.array(json.dumps(dict(metadata, step=step)))
   final_path = os.path.join(directory, f'checkpoint_{step:09d}.npz')
-  temp_path = f'{final_path}.tmp-{os.getpid()}'
+  write(final_path, flatten(tree), dict(metadata, step=step))
+  for old_step in all_steps(directory)[:-keep]:
+    gfile.remove(os.path.join(directory, f'checkpoint_{old_step:09d}.npz'))
+  return final_path
+
+
+def write(path: str, arrays: dict[str, np.ndarray],
+          metadata: dict[str, Any]) -> None:
+  """Writes {path key: array} and JSON `metadata` as one npz file, atomically.
+
+  The file appears under its final name only once complete (temporary name,
+  then rename), so readers never see half a checkpoint.
+  """
+  arrays = dict(arrays)
+  arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
+  temp_path = f'{path}.tmp-{os.getpid()}'
   # zipfile needs a seekable, readable file, which a GFile being written is
   # not: serialise in memory, then write the bytes in one go.
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   with gfile.GFile(temp_path, 'wb') as f:
     f.write(buffer.getvalue())
-  gfile.rename(temp_path, final_path, overwrite=True)
-  for old_step in all_steps(directory)[:-keep]:
-    gfile.remove(os.path.join(directory, f'checkpoint_{old_step:09d}.npz'))
-  return final_path
+  gfile.rename(temp_path, path, overwrite=True)
 
 
 def all_steps(directory: str) -> list[int]:
@@ -141,7 +151,8 @@ def restore_into(template: Any, arrays: dict[str, np.ndarray], path: str,
     if key not in arrays:
       raise CheckpointError(
           f'checkpoint {path} has no array {key!r}: it was written for a '
-          'different architecture; match the config to the checkpoint')
+          f'different architecture{_what_it_has(arrays, key)}; match the '
+          'config to the checkpoint')
     value = arrays[key]
     if value.shape != tuple(leaf.shape):
       raise CheckpointError(
@@ -150,3 +161,28 @@ def restore_into(template: Any, arrays: dict[str, np.ndarray], path: str,
           'model; match the config (depth, width, heads) to the checkpoint')
     restored.append(value.astype(leaf.dtype))
   return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def _what_it_has(arrays: dict[str, np.ndarray], missing: str) -> str:
+  """', which has <key> <shape> instead' for the stored key most like `missing`.
+
+  Most alike = longest shared run of '/'-separated parts from the front, then
+  from the back: a ResNet-18 config meeting a ResNet-50 file gets
+  `online_params/res_net50/~/initial_conv/w` for
+  `online_params/res_net18/~/initial_conv/w`.
+  """
+  parts = missing.split('/')
+  def run(a, b):
+    n = 0
+    for x, y in zip(a, b):
+      if x != y:
+        break
+      n += 1
+    return n
+  def likeness(key):
+    other = key.split('/')
+    return run(parts, other), run(parts[::-1], other[::-1])
+  best = max(arrays, key=likeness, default=None)
+  if best is None or likeness(best) == (0, 0):
+    return ''
+  return f', which has {best!r} {arrays[best].shape} instead'

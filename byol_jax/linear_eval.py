@@ -21,6 +21,7 @@ from byol_jax import checkpoint
 from byol_jax import losses
 from byol_jax import networks
 from byol_jax import optim
+from byol_jax import reference_checkpoint
 
 AXIS_NAME = byol.AXIS_NAME
 
@@ -87,14 +88,16 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int) -> EvalState
 def load_pretrained_encoder(state: EvalState, path: str) -> EvalState:
   """Replaces the encoder's params and BatchNorm state with a checkpoint's.
 
-  Reads the *online* network of a byol_jax pretraining checkpoint; the
-  classifier stays as initialised.
+  Reads the *online* network of a byol_jax pretraining checkpoint (`.npz`) or
+  of one of DeepMind's reference checkpoints (`.pkl`, loaded without running
+  code from it); the classifier stays as initialised.
 
   Raises:
-    checkpoint.CheckpointError: missing/corrupt file or other architecture,
-      naming the first differing parameter and both shapes.
+    checkpoint.CheckpointError: missing/corrupt file, a pickle that names
+      anything but the reference's classes, or another architecture (naming
+      the first differing parameter and both shapes).
   """
-  arrays, _ = checkpoint.load_arrays(path)
+  arrays, _ = reference_checkpoint.load_any(path)
   encoder_params, classifier = hk.data_structures.partition(
       lambda m, n, v: not is_classifier(m, n, v), state.params)
   encoder_params = checkpoint.restore_into(encoder_params, arrays, path,

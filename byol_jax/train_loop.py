@@ -23,6 +23,7 @@ from byol_jax import linear_eval
 from byol_jax import metric_writer
 from byol_jax import parallel
 from byol_jax import progress
+from byol_jax import reference_checkpoint
 from byol_jax.data import device_feed
 from byol_jax.data import pipelines
 from byol_jax.data import sources
@@ -83,6 +84,28 @@ def restore_latest(state: Any, checkpoint_dir: str) -> Any:
   arrays, _ = checkpoint.load_arrays(latest)
   logging.info('Resuming from %s', latest)
   return checkpoint.restore_into(state, arrays, latest)
+
+
+def warm_start(state: byol.TrainState, path: str,
+               with_opt_state: bool) -> byol.TrainState:
+  """`state` with online/target params and BatchNorm state from `path`.
+
+  `path` is a byol_jax `.npz` or a reference `.pkl`; the step, rng and (unless
+  `with_opt_state`) the LARS momentum stay as initialised, so the run starts
+  its schedules at step 0.
+
+  Raises:
+    checkpoint.CheckpointError: naming the first parameter that is missing or
+      differs in shape (both shapes given).
+  """
+  arrays, _ = reference_checkpoint.load_any(path)
+  fields = ['online_params', 'online_state', 'target_params', 'target_state']
+  if with_opt_state:
+    fields.append('opt_state')
+  return state._replace(**{
+      field: checkpoint.restore_into(getattr(state, field), arrays, path,
+                                     prefix=field)
+      for field in fields})
 
 
 def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
@@ -164,7 +187,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   size = config.dataset.image_size
 
   state = byol.init_state(config, num_classes, (size, size, 3))
-  state = restore_latest(state, os.path.join(workdir, 'checkpoints'))
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  if config.init_from and checkpoint.latest_path(checkpoint_dir) is None:
+    # Only a fresh run warm-starts; a resumed one continues its own weights.
+    source = resolve_checkpoint(config.init_from, flag='init_from')
+    state = warm_start(state, source, config.init_from_opt_state)
+    if jax.process_index() == 0:
+      print(f'warm start from {source}', flush=True)
+  state = restore_latest(state, checkpoint_dir)
   start_step = int(state.step)
   done = completed_results(workdir, start_step, schedules.total_steps)
   if done is not None:
@@ -196,16 +226,20 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return results
 
 
-def resolve_checkpoint(path: str) -> str:
-  """A checkpoint file from a file path, a run's workdir or its checkpoints/."""
+def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
+  """A checkpoint file from a file path, a run's workdir or its checkpoints/.
+
+  `flag` names the config field in the error message.
+  """
   for folder in (path, os.path.join(path, 'checkpoints')):
     if gfile.isdir(folder) and (latest := checkpoint.latest_path(folder)):
       return latest
   if gfile.exists(path) and not gfile.isdir(path):
     return path
   raise checkpoint.CheckpointError(
-      f'no checkpoint at {path!r}; pass --config.checkpoint=<pretraining '
-      'workdir or checkpoint_*.npz file>, or --config.encoder_init=random')
+      f'no checkpoint at {path!r}; pass --config.{flag}=<pretraining '
+      'workdir, checkpoint_*.npz or reference .pkl file>'
+      + (', or --config.encoder_init=random' if flag == 'checkpoint' else ''))
 
 
 def linear_evaluation(config: ml_collections.ConfigDict,

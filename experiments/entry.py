@@ -1,15 +1,17 @@
-"""What both entry points share: flags, platform set-up, one-line errors."""
+"""What the training entry points share: --workdir, --config, platform
+set-up, and running a job with one-line errors."""
 
 import os
-import re
 import sys
 from typing import Any, Callable
 
 from absl import flags
 from absl import logging
 
-# The errors a user can fix: each prints as one line and exits non-zero.
-_USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+from experiments import cli
+# Re-exported: the entry points pass `entry.parse_flags` to `app.run`.
+from experiments.cli import parse_flags  # pylint: disable=unused-import
+from experiments.cli import user_errors
 
 WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Folder for checkpoints, metrics and results. Re-running '
@@ -35,50 +37,7 @@ def define_config(default: str, help_string: str):
     return config_flags.DEFINE_config_file('config', default, help_string,
                                            lock_config=True)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    _exit_with(e, sys.argv)
-
-
-def _exit_with(error: Exception, argv: list[str]):
-  print(f'error: {_one_line(error, argv)}', file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every bad flag or config key as one line.
-
-  Pass as `app.run(main, flags_parser=entry.parse_flags)`. Unknown config
-  keys, values of the wrong type and unknown presets exit with status 2
-  before any work starts.
-  """
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    _exit_with(e, argv)
-
-
-def _one_line(error: Exception, argv: list[str]) -> str:
-  """Condenses a flag-parsing error into one line that says what to fix."""
-  text = str(error).replace('\\n', '\n').replace("\\'", "'")
-  unknown = re.match(r"""^["']*'?([\w.]+)'""", text)
-  if isinstance(error, (AttributeError, KeyError)) and unknown:
-    key = unknown.group(1)
-    flag = next((a.split('=')[0] for a in argv
-                 if a.startswith('--config.') and
-                 f'.{key}.' in a.split('=')[0] + '.'), key)
-    hint = re.search(r'Did you mean "([\w.]+)"', text)
-    return (f'unknown config key in {flag}' +
-            (f'; did you mean "{hint.group(1)}"?' if hint else
-             '; see the config file for the valid keys'))
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  # A config file that raised: its last traceback line is the message.
-  return lines[-1] if 'Traceback' in text else lines[0]
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-  """Exception types that mean bad input rather than a bug."""
-  from byol_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from byol_jax.data import errors  # pylint: disable=g-import-not-at-top
-  return _USER_ERRORS + (checkpoint.CheckpointError, errors.DatasetError)
+    cli.exit_with(e, sys.argv)
 
 
 def hide_accelerators_from_tensorflow() -> None:

@@ -239,6 +239,35 @@ def test_measured_probabilities_match_config():
   np.testing.assert_array_equal(solarized, changed(out, bright))
 
 
+def test_blur_sigma_is_drawn_uniformly_over_its_range():
+  """σ read back from each blurred impulse: k(1)/k(0) = exp(−1/(2σ²))."""
+  n, side, centre = 2000, 16, 8
+  impulse = np.zeros((n, side, side, 3), np.float32)
+  impulse[:, centre, centre] = 1.
+  out = _augment(impulse, _config(blur_prob=1., blur_kernel_fraction=0.25))
+  ratio = out[:, centre, centre + 1, 0] / out[:, centre, centre, 0]
+  sigma = np.sqrt(-1 / (2 * np.log(ratio.astype(np.float64))))
+  assert 0.1 - 1e-3 <= sigma.min() < 0.12
+  assert 1.98 < sigma.max() <= 2.0 + 1e-3
+  # U[0.1, 2]: mean 1.05, standard error 0.55/√n ≈ 0.012.
+  assert sigma.mean() == pytest.approx(1.05, abs=0.04)
+  assert np.histogram(sigma, bins=4, range=(0.1, 2.0))[0].min() > 0.2 * n
+
+
+def test_blur_at_224_px_spans_23_taps():
+  image = np.zeros((1, 224, 224, 3), np.float32)
+  image[0, 112, 112] = 1.
+  out = _augment(image, _config(blur_prob=1., blur_sigma_min=2.,
+                                blur_sigma_max=2.))
+  support = np.flatnonzero(out[0, 112, :, 0])
+  assert (support.min(), support.max()) == (112 - 11, 112 + 11)
+  # The row through the centre is the analytic Gaussian, normalised.
+  row = out[0, 112, 101:124, 0]
+  expected = np.exp(-np.arange(-11, 12)**2 / (2 * 2.**2))
+  np.testing.assert_allclose(row / row.sum(), expected / expected.sum(),
+                             rtol=1e-5)
+
+
 def _jitter_only(images, **strengths):
   """Runs the jitter (always on) with only the given strengths nonzero."""
   config = _config(color_jitter_prob=1., brightness=0., contrast=0.,

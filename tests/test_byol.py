@@ -4,10 +4,12 @@ One short run (compiled once) is shared by every test of this module.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from byol_jax import byol
+from byol_jax import losses
 from byol_jax import optim
 from byol_jax import parallel
 from tests import tiny
@@ -107,3 +109,40 @@ def test_replicas_stay_identical_across_devices(run):
   averages = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
       replicated.online_state)[0] if 'average' in jax.tree_util.keystr(path)]
   assert averages and any(np.abs(np.asarray(a)).max() > 0 for a in averages)
+
+
+def test_target_batch_norm_follows_its_own_forward_and_probe_is_online(run):
+  """Step 0 again, by hand: the target's BatchNorm state is that of the target
+  network's training-mode forward on view 1, then view 2 (per view, synced
+  over devices), and the probe's loss comes from the online encoder."""
+  config, states, metrics, _ = run
+  network = byol.make_network(config.model, NUM_CLASSES, byol.AXIS_NAME)
+
+  def by_hand(state, batch):
+    view1, view2 = byol.augment_views(config.augment, state, batch)
+    _, per_view = network.apply(state.target_params, state.target_state,
+                                view1, True)
+    _, per_view = network.apply(state.target_params, per_view, view2, True)
+    _, concatenated = network.apply(state.target_params, state.target_state,
+                                    jnp.concatenate([view1, view2]), True)
+    def probe_loss(params, bn_state):
+      out, _ = network.apply(params, bn_state, view1, True)
+      return jax.lax.pmean(jnp.mean(losses.softmax_cross_entropy(
+          out['logits'], batch['labels'])), byol.AXIS_NAME)
+    return (per_view, concatenated,
+            probe_loss(state.online_params, state.online_state),
+            probe_loss(state.target_params, state.target_state))
+
+  per_view, concatenated, online_loss, target_loss = jax.pmap(
+      by_hand, axis_name=byol.AXIS_NAME)(parallel.replicate(states[0]),
+                                         _batch(0))
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, states[1].target_state,
+               parallel.first_replica(per_view))
+  # One forward of both views together would give other statistics.
+  assert not all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(
+      jax.tree.leaves(states[1].target_state),
+      jax.tree.leaves(parallel.first_replica(concatenated))))
+  close(metrics[0]['classif_loss'], parallel.first_replica(online_loss))
+  assert not np.isclose(metrics[0]['classif_loss'],
+                        parallel.first_replica(target_loss), rtol=1e-4)

@@ -88,3 +88,47 @@ def test_unknown_preset_fails_with_one_line():
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "unknown preset '30ep'" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize('preset,depth,width,zero_init', [
+    ('1000ep', 50, 1.0, True),
+    ('300ep,resnet50x1', 50, 1.0, True),
+    ('1000ep,resnet50x2', 50, 2.0, False),
+    ('1000ep,resnet50x4', 50, 4.0, False),
+    ('1000ep,resnet200x2', 200, 2.0, False),
+])
+def test_table1_encoder_presets(preset, depth, width, zero_init):
+  config = byol_configs.get_config(preset)
+  encoder = config.model.encoder
+  assert (encoder.depth, encoder.width_multiplier) == (depth, width)
+  assert encoder.zero_init_last_bn == zero_init
+  # The encoder does not change the length's hyper-parameters.
+  epochs = preset.split(',')[0]
+  lr, wd, ema = REFERENCE_PRESETS[epochs]
+  assert (config.optimizer.base_learning_rate, config.optimizer.weight_decay,
+          config.training.base_target_ema) == (lr, wd, ema)
+  linear = linear_eval_configs.get_config(
+      'imagenet' + preset[len(epochs):])
+  assert linear.model.encoder == encoder
+
+
+def test_every_imagenet_preset_states_its_command_result_and_time():
+  doc = byol_configs.__doc__
+  assert 'python -m experiments.pretrain' in doc
+  assert 'python -m experiments.linear_eval' in doc
+  for row in ('40ep ', '100ep ', '300ep ', '1000ep ', '1000ep,resnet50x2 ',
+              '1000ep,resnet50x4 ', '1000ep,resnet200x2 '):
+    line = next(l for l in doc.splitlines() if l.strip().startswith(row))
+    assert '%' in line and (' h' in line or ' min' in line), line
+  for released in ('pretrain_res50x1.pkl', 'pretrain_res200x2.pkl'):
+    assert released in linear_eval_configs.__doc__
+
+
+@pytest.mark.parametrize('get_config,preset', [
+    (byol_configs.get_config, '1000ep,resnet50'),
+    (byol_configs.get_config, '1000ep,vit'),
+    (linear_eval_configs.get_config, 'imagenet,resnet50x'),
+])
+def test_unknown_encoder_is_a_clear_error(get_config, preset):
+  with pytest.raises(ValueError, match='unknown encoder'):
+    get_config(preset)

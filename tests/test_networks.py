@@ -126,11 +126,12 @@ class _ReferenceTorso(hk.Module):
   """Test oracle: the reference's ResNetTorso (byol/utils/networks.py) expressed
   with Haiku's own `hk.nets.ResNet.BlockGroup`, as the reference builds it."""
 
-  def __init__(self, blocks, channels, bottleneck, resnet_v2, name):
+  def __init__(self, blocks, channels, bottleneck, resnet_v2, name,
+               stem_channels=64):
     super().__init__(name=name)
     self._v2 = resnet_v2
-    self._conv = hk.Conv2D(64, 7, stride=2, with_bias=False, padding='SAME',
-                           name='initial_conv')
+    self._conv = hk.Conv2D(stem_channels, 7, stride=2, with_bias=False,
+                           padding='SAME', name='initial_conv')
     if not resnet_v2:
       self._bn = hk.BatchNorm(name='initial_batchnorm', **BN)
     self._groups = [

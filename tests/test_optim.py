@@ -1,5 +1,7 @@
 """LARS against a hand computation, its masks, and the two schedules."""
 
+import math
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,8 @@ import pytest
 
 from byol_jax import networks
 from byol_jax import optim
+from byol_jax import train_loop
+from experiments.configs import byol as byol_configs
 
 
 def _schedule(step, **kw):
@@ -109,3 +113,55 @@ def test_lars_matches_hand_computation(num_steps):
   for key, value in flat(current).items():
     np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-6,
                                err_msg=key)
+
+
+IMAGENET_TRAIN_AND_VALID = 1_281_167  # TFDS imagenet2012 'train'
+
+
+@pytest.mark.parametrize('preset', ['40ep', '100ep', '300ep', '1000ep'])
+def test_imagenet_schedules_per_preset_on_one_and_four_devices(preset):
+  config = byol_configs.get_config(preset)
+  schedules = train_loop.run_length(config, IMAGENET_TRAIN_AND_VALID,
+                                    config.optimizer.warmup_epochs)
+  steps_per_epoch = IMAGENET_TRAIN_AND_VALID / 4096
+  epochs = int(preset[:-2])
+  assert schedules.global_batch_size == 4096
+  assert schedules.warmup_steps == round(10 * steps_per_epoch) == 3128
+  assert schedules.total_steps == math.ceil(epochs * steps_per_epoch)
+  warmup, total = schedules.warmup_steps, schedules.total_steps
+  base_lr = config.optimizer.base_learning_rate
+  base_ema = config.training.base_target_ema
+
+  def both(step):
+    return (optim.learning_rate_schedule(
+                step, base_learning_rate=base_lr, global_batch_size=4096,
+                warmup_steps=warmup, total_steps=total),
+            optim.target_ema_schedule(step, base_ema=base_ema,
+                                      total_steps=total))
+
+  steps = np.array([0, 1, warmup // 2, warmup, (warmup + total) // 2,
+                    total - 1, total, total + 1000], np.int32)
+  lr, tau = jax.jit(jax.vmap(both))(steps)
+  devices = jax.local_device_count()
+  assert devices == 4
+  lr4, tau4 = jax.pmap(jax.vmap(both))(np.broadcast_to(steps,
+                                                       (devices, len(steps))))
+  for d in range(devices):  # Bit for bit the same on every device.
+    np.testing.assert_array_equal(lr4[d], lr)
+    np.testing.assert_array_equal(tau4[d], tau)
+
+  # The formulas in float64: lr warm-up to base·4096/256 = 16·base, then
+  # cosine to 0 at the end; τ from τ_base up to 1 over the whole run.
+  k = steps.astype(np.float64)
+  peak = 16 * base_lr
+  cosine = lambda x, n: 0.5 * (1 + np.cos(np.pi * np.minimum(x, n) / n))
+  expected_lr = np.where(k < warmup, peak * k / warmup,
+                         peak * cosine(k - warmup, total - warmup))
+  expected_tau = 1 - (1 - base_ema) * cosine(k, total)
+  np.testing.assert_allclose(lr, expected_lr, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(tau, expected_tau, rtol=1e-6, atol=1e-7)
+  assert lr[3] == pytest.approx(peak, rel=1e-6)  # end of warm-up
+  assert lr[4] == pytest.approx(peak / 2, rel=1e-3)  # middle of the cosine
+  assert tau[0] == pytest.approx(base_ema, abs=1e-7)
+  assert tau[-2] == tau[-1] == 1.0
+  assert (np.diff(tau) >= 0).all()
