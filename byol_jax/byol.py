@@ -87,9 +87,11 @@ def make_network(model_config: ml_collections.ConfigDict, num_classes: int,
                              bn_config=bn, name='predictor')
     classifier = hk.Linear(num_classes, name='classifier')
 
-    embedding = encoder(augment.normalize_images(images), is_training)
-    projection = projector(embedding, is_training)
-    prediction = predictor(projection, is_training)
+    with networks.compute_precision(model_config.compute_dtype,
+                                    type(encoder), networks.MLP):
+      embedding = encoder(augment.normalize_images(images), is_training)
+      projection = projector(embedding, is_training)
+      prediction = predictor(projection, is_training)
     logits = classifier(jax.lax.stop_gradient(embedding))
     return dict(embedding=embedding, projection=projection,
                 prediction=prediction, logits=logits)
@@ -182,23 +184,31 @@ def make_update_fn(config: ml_collections.ConfigDict, num_classes: int,
     view1, view2 = augment_views(config.augment, state, batch)
     labels = batch['labels']
 
+    # Both views go through each network as the two iterations of a scan:
+    # separate forward passes (BatchNorm statistics per view, the BN state
+    # updated by view 1 then view 2, exactly as two calls in sequence), but
+    # each network is traced and compiled once instead of once per view.
+    views = jnp.stack([view1, view2])
+
+    def forward_views(params, bn_state):
+      def one_view(bn_state, view):
+        outputs, bn_state = network.apply(params, bn_state, view, True)
+        return bn_state, outputs
+      bn_state, outputs = jax.lax.scan(one_view, bn_state, views)
+      return outputs, bn_state  # outputs: leaves [2, B, ...], view-major
+
     # The target network runs in training mode (batch statistics) and keeps
     # its own BatchNorm state, as in the reference. No gradient flows here:
     # `target_params` is not an argument of the differentiated function.
-    target1, target_state = network.apply(
-        state.target_params, state.target_state, view1, True)
-    target2, target_state = network.apply(
-        state.target_params, target_state, view2, True)
+    target, target_state = forward_views(state.target_params,
+                                         state.target_state)
 
     def loss_fn(online_params):
-      online1, online_state = network.apply(
-          online_params, state.online_state, view1, True)
-      online2, online_state = network.apply(
-          online_params, online_state, view2, True)
+      online, online_state = forward_views(online_params, state.online_state)
       repr_loss = losses.byol_loss(
-          online1['prediction'], online2['prediction'],
-          target1['projection'], target2['projection'])
-      logits = online1['logits']
+          online['prediction'][0], online['prediction'][1],
+          target['projection'][0], target['projection'][1])
+      logits = online['logits'][0]  # the probe sees view 1, as the reference
       classif_loss = jnp.mean(losses.softmax_cross_entropy(logits, labels))
       metrics = dict(
           repr_loss=repr_loss,

@@ -50,7 +50,9 @@ def make_network(model_config: ml_collections.ConfigDict, num_classes: int,
   def forward(images: jax.Array, is_training: bool) -> jax.Array:
     bn = byol.bn_config(model_config, cross_replica_axis)
     encoder = networks.make_encoder(bn_config=bn, **model_config.encoder)
-    embedding = encoder(augment.normalize_images(images), is_training)
+    with networks.compute_precision(model_config.compute_dtype,
+                                    type(encoder)):
+      embedding = encoder(augment.normalize_images(images), is_training)
     return hk.Linear(num_classes, name='classifier')(embedding)
   return hk.without_apply_rng(hk.transform_with_state(forward))
 

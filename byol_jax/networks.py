@@ -21,12 +21,14 @@ The state holds `<bn>/~/mean_ema` and `<bn>/~/var_ema` for every batch norm.
 are built in `__call__`, hence no `~` in those names.
 """
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import jmp
 
 from byol_jax import conv
 
@@ -375,3 +377,43 @@ def make_encoder(depth: int, width_multiplier: float = 1,
                           width_multiplier=width_multiplier,
                           small_image_stem=small_image_stem,
                           zero_init_last_bn=zero_init_last_bn)
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+@contextlib.contextmanager
+def compute_precision(compute_dtype: str,
+                      *module_classes: type[hk.Module]) -> Iterator[None]:
+  """Runs `module_classes` in `compute_dtype` while the context is active.
+
+  Mixed precision in Haiku's way: parameters stay float32 and are cast for
+  the computation; each listed module returns float32, so losses and
+  anything outside it stay float32; every `hk.BatchNorm` computes its
+  statistics and normalisation in float32 (returning `compute_dtype` to the
+  next layer). 'float32' changes nothing.
+
+  Args:
+    compute_dtype: one of COMPUTE_DTYPES.
+    *module_classes: the outermost modules to run in reduced precision
+      (e.g. the encoder's class and `MLP`); modules they contain inherit it.
+
+  Raises:
+    ValueError: an unknown dtype name.
+  """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype {compute_dtype!r} is not supported; set '
+                     f'--config.model.compute_dtype to one of {COMPUTE_DTYPES}')
+  if compute_dtype == 'float32':
+    yield
+    return
+  policy = jmp.get_policy(
+      f'params=float32,compute={compute_dtype},output=float32')
+  norm_policy = jmp.get_policy(
+      f'params=float32,compute=float32,output={compute_dtype}')
+  with contextlib.ExitStack() as stack:
+    for cls in module_classes:
+      stack.enter_context(hk.mixed_precision.push_policy(cls, policy))
+    stack.enter_context(hk.mixed_precision.push_policy(hk.BatchNorm,
+                                                       norm_policy))
+    yield

@@ -1,6 +1,7 @@
 """Command-line plumbing of every entry point: flag parsing and user errors
 as one line with exit status 2."""
 
+import os
 import re
 import sys
 
@@ -8,12 +9,36 @@ from absl import flags
 
 # The errors a user can fix: each prints as one line and exits non-zero.
 _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+# What absl and ml_collections raise for a bad flag, preset or config key.
+_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
 
 
 def exit_with(error: Exception, argv: list[str]):
   """Prints `error` as one `error:` line and exits with status 2."""
   print(f'error: {_one_line(error, argv)}', file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+def config_path(name: str) -> str:
+  """Absolute path of `experiments/configs/<name>`, so defaults work anywhere."""
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
+                      name)
+
+
+def define_config(default: str, help_string: str):
+  """`--config` (a config file with `:preset`) and its `--config.*` overrides.
+
+  Without `--config` on the command line, ml_collections applies the
+  overrides to `default` while the flag is being defined; a bad override
+  then fails here, and gets the same one-line error as in `parse_flags`.
+  Typos fail instead of adding keys (`lock_config=True`).
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_file('config', default, help_string,
+                                           lock_config=True)
+  except _FLAG_ERRORS as e:
+    exit_with(e, sys.argv)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -25,7 +50,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+  except _FLAG_ERRORS as e:
     exit_with(e, argv)
 
 

@@ -10,10 +10,11 @@ Prints and writes (results.json) top-1/top-5 over the whole test split.
 from absl import app
 
 from byol_jax import train_loop
+from experiments import cli
 from experiments import entry
 
-_CONFIG = entry.define_config(entry.config_path('linear_eval.py:demo'),
-                              'Linear evaluation config.')
+_CONFIG = cli.define_config(cli.config_path('linear_eval.py:demo'),
+                            'Linear evaluation config.')
 
 
 def main(argv):
@@ -22,4 +23,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=entry.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,10 +9,11 @@ Re-running the same command resumes from the workdir's latest checkpoint.
 from absl import app
 
 from byol_jax import train_loop
+from experiments import cli
 from experiments import entry
 
-_CONFIG = entry.define_config(entry.config_path('byol.py:demo'),
-                              'Pretraining config.')
+_CONFIG = cli.define_config(cli.config_path('byol.py:demo'),
+                            'Pretraining config.')
 
 
 def main(argv):
@@ -21,4 +22,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=entry.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -46,12 +46,12 @@ def _print_config(*flags):
   """Parses flags exactly as the entry points do and prints two fields."""
   code = ('import sys\n'
           'from absl import app\n'
-          'from ml_collections import config_flags\n'
+          'from experiments import cli\n'
           'from experiments import entry\n'
-          'c = config_flags.DEFINE_config_file("config", lock_config=True)\n'
+          'c = cli.define_config(cli.config_path("byol.py:demo"), "")\n'
           'app.run(lambda _: print(c.value.optimizer.weight_decay, '
           'c.value.training.global_batch_size), '
-          'flags_parser=entry.parse_flags)\n')
+          'flags_parser=cli.parse_flags)\n')
   return subprocess.run([sys.executable, '-c', code, '--workdir=x', *flags],
                         capture_output=True, text=True, timeout=120)
 

@@ -27,6 +27,7 @@ import pytest
 from byol_jax import augment
 from byol_jax import byol
 from byol_jax import checkpoint
+from byol_jax import conv
 from byol_jax import linear_eval
 from byol_jax import reference_checkpoint
 from byol_jax import train_loop
@@ -226,7 +227,10 @@ def test_converted_keys_fill_our_train_state_exactly(weights, reference_pkl):
 
 @pytest.mark.parametrize('is_training', [False, True])
 def test_forward_equals_the_same_weights_placed_directly(
-    weights, reference_pkl, is_training):
+    weights, reference_pkl, is_training, monkeypatch):
+  # XLA's convolution on both sides, so outputs compare bitwise-close; the
+  # CPU patches path is checked against it in test_conv.py.
+  monkeypatch.setenv(conv.IMPLEMENTATION_ENV, 'xla')
   state = train_loop.warm_start(
       byol.init_state(_config(), NUM_CLASSES, (SIZE, SIZE, 3)),
       reference_pkl, with_opt_state=False)

@@ -44,6 +44,7 @@ def _pretrain_command(dirs, workdir):
       f'--config.dataset.fashion_mnist_dir={dirs["fashion_mnist_dir"]}',
       '--config.dataset.image_size=16',
       '--config.model.encoder.width_multiplier=0.125',
+      '--config.model.encoder.small_image_stem=True',  # as tests/tiny.py
       '--config.model.projector_hidden_size=32',
       '--config.model.predictor_hidden_size=32',
       '--config.model.projector_output_size=16',
