@@ -21,7 +21,9 @@ from byol_jax import byol
 from byol_jax import checkpoint
 from byol_jax import linear_eval
 from byol_jax import metric_writer
+from byol_jax import multihost
 from byol_jax import parallel
+from byol_jax import preemption
 from byol_jax import progress
 from byol_jax.data import device_feed
 from byol_jax.data import pipelines
@@ -76,13 +78,18 @@ def write_json(path: str, value: Any) -> None:
 
 
 def restore_latest(state: Any, checkpoint_dir: str) -> Any:
-  """`state` filled from the newest checkpoint in `checkpoint_dir`, if any."""
+  """`state` filled from the newest checkpoint in `checkpoint_dir`, if any.
+
+  Collective: every process restores, then all check that they restored
+  the same step (see multihost.agree_on_step).
+  """
   latest = checkpoint.latest_path(checkpoint_dir)
-  if latest is None:
-    return state
-  arrays, _ = checkpoint.load_arrays(latest)
-  logging.info('Resuming from %s', latest)
-  return checkpoint.restore_into(state, arrays, latest)
+  if latest is not None:
+    arrays, _ = checkpoint.load_arrays(latest)
+    logging.info('Resuming from %s', latest)
+    state = checkpoint.restore_into(state, arrays, latest)
+  multihost.agree_on_step(int(state.step))
+  return state
 
 
 def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
@@ -90,6 +97,11 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
               total_steps: int, images_per_step: int,
               metadata: dict[str, Any]) -> tuple[Any, dict[str, float]]:
   """Applies `step_fn` until `total_steps`, logging and checkpointing.
+
+  On SIGTERM or SIGINT the loop finishes the current step, saves a
+  checkpoint and raises `preemption.Preempted`. With several processes the
+  signal is shared every `checkpointing.stop_check_every_steps` steps (a
+  small collective), so that all of them stop after the same step.
 
   Args:
     step_fn: pmapped `(state, batch) -> (state, metrics)`, state donated.
@@ -108,28 +120,44 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
   start_step = int(parallel.first_replica(state.step))
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   meter = progress.Progress(total_steps, images_per_step, start_step)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  saver = checkpoint.BackgroundSaver(os.path.join(workdir, 'checkpoints'),
+                                     keep=config.checkpointing.keep)
+  stop_check_every = (1 if jax.process_count() == 1 else
+                      config.checkpointing.stop_check_every_steps)
   last_save_time = time.monotonic()
   scalars = {}
-  for done in range(start_step + 1, total_steps + 1):
-    state, metrics = step_fn(state, next(batches))
-    is_last = done == total_steps
-    if done % config.logging.log_every_steps == 0 or is_last:
-      scalars = {k: float(v) for k, v in
-                 parallel.first_replica(metrics).items()}
-      check_finite(done, scalars)
-      writer.write(done, scalars)
-      if is_chief:
-        print(meter.report(done, f'loss {scalars["loss"]:.4f} | top1 '
-                                 f'{scalars["top1_accuracy"]:.3f}'),
-              flush=True)
-    if (is_last or done % config.checkpointing.every_steps == 0 or
-        time.monotonic() - last_save_time > config.checkpointing.every_secs):
-      if is_chief:
-        checkpoint.save(checkpoint_dir, done, parallel.first_replica(state),
-                        metadata, keep=config.checkpointing.keep)
-      last_save_time = time.monotonic()
-  writer.close()
+  with preemption.StopSignal() as stop:
+    try:
+      for done in range(start_step + 1, total_steps + 1):
+        state, metrics = step_fn(state, next(batches))
+        is_last = done == total_steps
+        if done % config.logging.log_every_steps == 0 or is_last:
+          scalars = {k: float(v) for k, v in
+                     parallel.first_replica(metrics).items()}
+          check_finite(done, scalars)
+          writer.write(done, scalars)
+          if is_chief:
+            print(meter.report(done, f'loss {scalars["loss"]:.4f} | top1 '
+                                     f'{scalars["top1_accuracy"]:.3f}'),
+                  flush=True)
+        stopping = (not is_last and done % stop_check_every == 0 and
+                    multihost.any_process(stop.requested))
+        if (stopping or is_last or
+            done % config.checkpointing.every_steps == 0 or
+            time.monotonic() - last_save_time >
+            config.checkpointing.every_secs):
+          if is_chief:
+            saver.save(done, parallel.first_replica(state), metadata)
+          last_save_time = time.monotonic()
+        if stopping:
+          # No process may exit (and a scheduler end the job) before
+          # process 0's checkpoint is on disk.
+          saver.wait()
+          multihost.barrier(f'preempted at step {done}')
+          raise preemption.Preempted(done, stop.received or 'another host')
+    finally:
+      saver.wait()
+      writer.close()
   return state, scalars
 
 
