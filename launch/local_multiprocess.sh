@@ -47,7 +47,9 @@ fi
 args=("$@")
 
 command_for() {  # command_for <process id>: sets cmd to that process's argv
-  cmd=(env "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
+  # A generous collective timeout: on a loaded machine one process can reach
+  # a collective much later than another (we saw gloo give up after 30 s).
+  cmd=(env "XLA_FLAGS=--xla_force_host_platform_device_count=$devices --xla_cpu_collective_timeout_seconds=600"
        JAX_PLATFORMS=cpu "$python" -m "$module" "${args[@]}"
        "--coordinator_address=localhost:$port" "--num_processes=$processes"
        "--process_id=$1")

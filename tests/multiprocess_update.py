@@ -2,8 +2,8 @@
 
 Run by tests/test_multihost.py through launch/local_multiprocess.sh:
 
-  python -m tests.multiprocess_update --out=DIR [--coordinator_address=...
-      --num_processes=N --process_id=I]
+  python -m tests.multiprocess_update --out=DIR [--steps=3]
+      [--coordinator_address=... --num_processes=N --process_id=I]
 
 Every process builds the same global batch from a fixed seed, feeds its own
 devices' rows of it (process i owns global devices i*D .. i*D + D - 1, D
@@ -66,13 +66,14 @@ def train(steps: int = STEPS) -> dict[str, np.ndarray]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True)
+  parser.add_argument('--steps', type=int, default=STEPS)
   parser.add_argument('--coordinator_address')
   parser.add_argument('--num_processes', type=int)
   parser.add_argument('--process_id', type=int)
   args = parser.parse_args()
   multihost.initialize(args.coordinator_address, args.num_processes,
                        args.process_id)
-  arrays = train()
+  arrays = train(args.steps)
   os.makedirs(args.out, exist_ok=True)
   np.savez(os.path.join(args.out, f'process_{jax.process_index()}.npz'),
            **arrays)

@@ -39,7 +39,9 @@ def test_local_multiprocess_runs_one_command_per_process():
   assert len(lines) == 3
   for process_id, line in enumerate(lines):
     argv = shlex.split(line)
-    assert 'XLA_FLAGS=--xla_force_host_platform_device_count=2' in argv
+    flags = next(a for a in argv if a.startswith('XLA_FLAGS='))
+    assert '--xla_force_host_platform_device_count=2' in flags[len(
+        'XLA_FLAGS='):].split()
     assert argv[argv.index('-m') + 1] == 'experiments.pretrain'
     assert _ends_with_args(argv)
     assert '--coordinator_address=localhost:12345' in argv

@@ -66,31 +66,50 @@ def test_processes_must_restore_the_same_step():
     multihost.check_same_step(np.array([40, 0]))
 
 
-def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
+def _child_env():
+  """This environment without our 4 devices: the launcher sets its own."""
   env = {k: v for k, v in os.environ.items()
          if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   env['PY'] = sys.executable
+  return env
+
+
+def _launch(module, out, processes, devices, *args):
+  """Runs `module` on `processes` × `devices` CPU devices via the launcher."""
+  logs = out / 'logs'
   result = subprocess.run(
-      ['bash', 'launch/local_multiprocess.sh', '--processes', '2',
-       '--devices', '2', '--module', 'tests.multiprocess_update',
-       '--logdir', str(tmp_path / 'logs'), '--', f'--out={tmp_path}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  logs = ''.join(p.read_text() for p in (tmp_path / 'logs').glob('*.log'))
-  assert result.returncode == 0, logs
-  with np.load(tmp_path / 'process_0.npz') as f0, \
-       np.load(tmp_path / 'process_1.npz') as f1:
-    process_0, process_1 = dict(f0), dict(f1)
+      ['bash', 'launch/local_multiprocess.sh', '--processes', str(processes),
+       '--devices', str(devices), '--module', module, '--logdir', str(logs),
+       '--', *args],
+      cwd=REPO, env=_child_env(), capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, _read_logs(logs)
+
+
+def _load(path):
+  with np.load(path) as f:
+    return dict(f)
+
+
+def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
+  two, one = tmp_path / 'two', tmp_path / 'one'
+  _launch('tests.multiprocess_update', two, 2, 2, f'--out={two}')
+  process_0, process_1 = (_load(two / f'process_{i}.npz') for i in (0, 1))
   assert process_0.keys() == process_1.keys()
   for key in process_0:
     np.testing.assert_array_equal(process_0[key], process_1[key], err_msg=key)
 
-  single = multiprocess_update.train()
+  # The reference goes through jax.distributed too (1 process × 4 devices),
+  # so that both all-reduce with gloo: XLA's in-process all-reduce rounds
+  # differently (5e-6 after one step), and three steps of this tiny network
+  # on noise images amplify that to 2e-2. Gloo against gloo: 1e-5.
+  _launch('tests.multiprocess_update', one, 1, 4, f'--out={one}')
+  single = _load(one / 'process_0.npz')
   assert single['step'] == multiprocess_update.STEPS
   assert single.keys() == process_0.keys()
   for key in single:
-    # Gloo's all-reduce may sum in another order than the in-process one.
     np.testing.assert_allclose(process_0[key], single[key], rtol=1e-4,
-                               atol=1e-6, err_msg=key)
+                               atol=1e-4, err_msg=key)
   # The updates did something: the parameters left their initial values.
   initial = multiprocess_update.train(steps=0)
   assert any(not np.array_equal(single[k], initial[k]) for k in single
@@ -112,9 +131,7 @@ def test_multihost_pretraining_writes_once_stops_together_and_resumes(
           '--config.checkpointing.stop_check_every_steps=1']
   command = ['bash', 'launch/local_multiprocess.sh', '--processes', '2',
              '--devices', '2', '--logdir', str(logs), '--', *args]
-  env = {k: v for k, v in os.environ.items()
-         if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  env['PY'] = sys.executable
+  env = _child_env()
   launcher = subprocess.Popen(command, cwd=REPO, env=env, text=True,
                               stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
