@@ -85,11 +85,23 @@ def restore_latest(state: Any, checkpoint_dir: str) -> Any:
   """
   latest = checkpoint.latest_path(checkpoint_dir)
   if latest is not None:
-    arrays, _ = checkpoint.load_arrays(latest)
+    arrays, metadata = checkpoint.load_arrays(latest)
     logging.info('Resuming from %s', latest)
     state = checkpoint.restore_into(state, arrays, latest)
+    saved, now = metadata.get('topology'), topology()
+    if saved is not None and saved != now and jax.process_index() == 0:
+      # Each process's data shard and each device's batch depend on these,
+      # so the run continues correctly but not bitwise as it would have.
+      print(f'warning: checkpoint written on {saved}, resuming on {now}: '
+            'the data order and batch statistics differ from an '
+            'uninterrupted run from here on', flush=True)
   multihost.agree_on_step(int(state.step))
   return state
+
+
+def topology() -> dict[str, int]:
+  """Processes and devices of this run, stored with each checkpoint."""
+  return dict(processes=jax.process_count(), devices=jax.device_count())
 
 
 def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
@@ -218,7 +230,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       update, parallel.replicate(state), batches, config=config,
       workdir=workdir, total_steps=schedules.total_steps,
       images_per_step=schedules.global_batch_size,
-      metadata=dict(kind='byol_pretrain', config=config.to_dict()))
+      metadata=dict(kind='byol_pretrain', config=config.to_dict(),
+                    topology=topology()))
   results = dict(step=schedules.total_steps, **scalars)
   finish(workdir, results, PRETRAIN_PLOTS)
   return results
@@ -290,6 +303,7 @@ def linear_evaluation(config: ml_collections.ConfigDict,
       workdir=workdir, total_steps=total_steps,
       images_per_step=config.training.global_batch_size,
       metadata=dict(kind='linear_eval', config=config.to_dict(),
+                    topology=topology(),
                     encoder=source or 'random'))
 
   eval_step = jax.pmap(linear_eval.make_eval_step(config, num_classes),

@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -256,3 +257,20 @@ def test_finetuning_trains_the_encoder(dirs, pretrained, tmp_path):
   assert not np.array_equal(
       arrays[key],
       pretrained_arrays['online_params/' + key[len('params/'):]])
+
+
+class _State(NamedTuple):
+  step: np.ndarray
+  w: np.ndarray
+
+
+def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
+                                                              capsys):
+  checkpoint.save(str(tmp_path), 3, _State(np.int32(3), np.ones(2)),
+                  dict(topology=dict(processes=2, devices=8)), keep=1)
+  restored = train_loop.restore_latest(_State(np.int32(0), np.zeros(2)),
+                                       str(tmp_path))
+  assert int(restored.step) == 3
+  np.testing.assert_array_equal(restored.w, np.ones(2))
+  assert ("checkpoint written on {'processes': 2, 'devices': 8}, resuming "
+          "on {'processes': 1, 'devices': 4}") in capsys.readouterr().out
