@@ -15,9 +15,9 @@ It prints that rate next to what the devices consume per host,
 1000-epoch ResNet-50 run of 1.28 M images per epoch in about 8 h on 512
 TPU v3 cores (64 hosts) — 44,500 images/s in all, 695 per host.
 
-Measured on a 2-core x86 VM (shared with other jobs): 329 images/s, i.e.
-165 per core; a host needs about 4.2 such cores to feed its share of that
-run, and TPU v3 hosts have 48 physical cores.
+Measured on a 2-core x86 VM: 320-330 images/s, i.e. about 162 per core; a
+host needs about 4.3 such cores to feed its share of that run, and TPU v3
+hosts have 48 physical cores.
 """
 
 import os
