@@ -8,6 +8,7 @@ the same point of the program.
 """
 
 import glob
+import importlib.util
 import os
 from collections.abc import Mapping
 
@@ -63,11 +64,13 @@ def plan(coordinator_address: str | None, num_processes: int | None,
 
 
 def _on_cloud_tpu_vm(environ: Mapping[str, str]) -> bool:
-  """True on a Cloud TPU VM: TPU device files, or GKE's worker list."""
+  """True on a Cloud TPU VM: GKE's worker list, or libtpu and TPU devices."""
   if environ.get('TPU_WORKER_HOSTNAMES'):
     return True
-  return bool(glob.glob('/dev/accel[0-9]*') or
-              glob.glob('/dev/vfio/[0-9]*'))
+  # /dev/vfio also exists on GPU VMs with device pass-through: only count
+  # it where the TPU runtime (installed by jax[tpu]) is present too.
+  return importlib.util.find_spec('libtpu') is not None and bool(
+      glob.glob('/dev/accel[0-9]*') or glob.glob('/dev/vfio/[0-9]*'))
 
 
 def initialize(coordinator_address: str | None = None,
