@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import threading
 import zipfile
 from typing import Any
 
@@ -86,6 +87,48 @@ def write(path: str, arrays: dict[str, np.ndarray],
   with gfile.GFile(temp_path, 'wb') as f:
     f.write(buffer.getvalue())
   gfile.rename(temp_path, path, overwrite=True)
+
+
+class BackgroundSaver:
+  """Writes checkpoints (`save` above) in a background thread, one at a time.
+
+  `save` returns once the state is copied into host memory; serialising and
+  writing then overlap the following training steps. A write still running
+  when the next `save` or `wait` comes is waited for, so at most one write
+  is in flight and its errors are raised in the training thread.
+  """
+
+  def __init__(self, directory: str, keep: int):
+    self._directory = directory
+    self._keep = keep
+    self._thread: threading.Thread | None = None
+    self._error: BaseException | None = None
+
+  def save(self, step: int, tree: Any, metadata: dict[str, Any]) -> None:
+    """Starts writing `tree` (host arrays) as the checkpoint of `step`."""
+    self.wait()
+    # Own copies: on CPU `np.asarray` of a device array can share its
+    # buffer, which the next (donating) step would overwrite mid-write.
+    tree = jax.tree.map(np.array, tree)
+    self._thread = threading.Thread(
+        target=self._write, args=(step, tree, metadata),
+        name=f'checkpoint-{step}')
+    self._thread.start()
+
+  def _write(self, step: int, tree: Any, metadata: dict[str, Any]) -> None:
+    try:
+      save(self._directory, step, tree, metadata, keep=self._keep)
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e  # re-raised by wait(), in the training thread
+
+  def wait(self) -> None:
+    """Blocks until the pending write is on disk; raises its error if any."""
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+    if self._error is not None:
+      error, self._error = self._error, None
+      raise error
 
 
 def all_steps(directory: str) -> list[int]:

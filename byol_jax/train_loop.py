@@ -21,7 +21,9 @@ from byol_jax import byol
 from byol_jax import checkpoint
 from byol_jax import linear_eval
 from byol_jax import metric_writer
+from byol_jax import multihost
 from byol_jax import parallel
+from byol_jax import preemption
 from byol_jax import progress
 from byol_jax import reference_checkpoint
 from byol_jax.data import device_feed
@@ -77,13 +79,30 @@ def write_json(path: str, value: Any) -> None:
 
 
 def restore_latest(state: Any, checkpoint_dir: str) -> Any:
-  """`state` filled from the newest checkpoint in `checkpoint_dir`, if any."""
+  """`state` filled from the newest checkpoint in `checkpoint_dir`, if any.
+
+  Collective: every process restores, then all check that they restored
+  the same step (see multihost.agree_on_step).
+  """
   latest = checkpoint.latest_path(checkpoint_dir)
-  if latest is None:
-    return state
-  arrays, _ = checkpoint.load_arrays(latest)
-  logging.info('Resuming from %s', latest)
-  return checkpoint.restore_into(state, arrays, latest)
+  if latest is not None:
+    arrays, metadata = checkpoint.load_arrays(latest)
+    logging.info('Resuming from %s', latest)
+    state = checkpoint.restore_into(state, arrays, latest)
+    saved, now = metadata.get('topology'), topology()
+    if saved is not None and saved != now and jax.process_index() == 0:
+      # Each process's data shard and each device's batch depend on these,
+      # so the run continues correctly but not bitwise as it would have.
+      print(f'warning: checkpoint written on {saved}, resuming on {now}: '
+            'the data order and batch statistics differ from an '
+            'uninterrupted run from here on', flush=True)
+  multihost.agree_on_step(int(state.step))
+  return state
+
+
+def topology() -> dict[str, int]:
+  """Processes and devices of this run, stored with each checkpoint."""
+  return dict(processes=jax.process_count(), devices=jax.device_count())
 
 
 def warm_start(state: byol.TrainState, path: str,
@@ -114,6 +133,11 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
               metadata: dict[str, Any]) -> tuple[Any, dict[str, float]]:
   """Applies `step_fn` until `total_steps`, logging and checkpointing.
 
+  On SIGTERM or SIGINT the loop finishes the current step, saves a
+  checkpoint and raises `preemption.Preempted`. With several processes the
+  signal is shared every `checkpointing.stop_check_every_steps` steps (a
+  small collective), so that all of them stop after the same step.
+
   Args:
     step_fn: pmapped `(state, batch) -> (state, metrics)`, state donated.
     state: replicated state whose `step` field says where to start.
@@ -131,28 +155,44 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
   start_step = int(parallel.first_replica(state.step))
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   meter = progress.Progress(total_steps, images_per_step, start_step)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  saver = checkpoint.BackgroundSaver(os.path.join(workdir, 'checkpoints'),
+                                     keep=config.checkpointing.keep)
+  stop_check_every = (1 if jax.process_count() == 1 else
+                      config.checkpointing.stop_check_every_steps)
   last_save_time = time.monotonic()
   scalars = {}
-  for done in range(start_step + 1, total_steps + 1):
-    state, metrics = step_fn(state, next(batches))
-    is_last = done == total_steps
-    if done % config.logging.log_every_steps == 0 or is_last:
-      scalars = {k: float(v) for k, v in
-                 parallel.first_replica(metrics).items()}
-      check_finite(done, scalars)
-      writer.write(done, scalars)
-      if is_chief:
-        print(meter.report(done, f'loss {scalars["loss"]:.4f} | top1 '
-                                 f'{scalars["top1_accuracy"]:.3f}'),
-              flush=True)
-    if (is_last or done % config.checkpointing.every_steps == 0 or
-        time.monotonic() - last_save_time > config.checkpointing.every_secs):
-      if is_chief:
-        checkpoint.save(checkpoint_dir, done, parallel.first_replica(state),
-                        metadata, keep=config.checkpointing.keep)
-      last_save_time = time.monotonic()
-  writer.close()
+  with preemption.StopSignal() as stop:
+    try:
+      for done in range(start_step + 1, total_steps + 1):
+        state, metrics = step_fn(state, next(batches))
+        is_last = done == total_steps
+        if done % config.logging.log_every_steps == 0 or is_last:
+          scalars = {k: float(v) for k, v in
+                     parallel.first_replica(metrics).items()}
+          check_finite(done, scalars)
+          writer.write(done, scalars)
+          if is_chief:
+            print(meter.report(done, f'loss {scalars["loss"]:.4f} | top1 '
+                                     f'{scalars["top1_accuracy"]:.3f}'),
+                  flush=True)
+        stopping = (not is_last and done % stop_check_every == 0 and
+                    multihost.any_process(stop.requested))
+        if (stopping or is_last or
+            done % config.checkpointing.every_steps == 0 or
+            time.monotonic() - last_save_time >
+            config.checkpointing.every_secs):
+          if is_chief:
+            saver.save(done, parallel.first_replica(state), metadata)
+          last_save_time = time.monotonic()
+        if stopping:
+          # No process may exit (and a scheduler end the job) before
+          # process 0's checkpoint is on disk.
+          saver.wait()
+          multihost.barrier(f'preempted at step {done}')
+          raise preemption.Preempted(done, stop.received or 'another host')
+    finally:
+      saver.wait()
+      writer.close()
   return state, scalars
 
 
@@ -220,7 +260,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       update, parallel.replicate(state), batches, config=config,
       workdir=workdir, total_steps=schedules.total_steps,
       images_per_step=schedules.global_batch_size,
-      metadata=dict(kind='byol_pretrain', config=config.to_dict()))
+      metadata=dict(kind='byol_pretrain', config=config.to_dict(),
+                    topology=topology()))
   results = dict(step=schedules.total_steps, **scalars)
   finish(workdir, results, PRETRAIN_PLOTS)
   return results
@@ -296,6 +337,7 @@ def linear_evaluation(config: ml_collections.ConfigDict,
       workdir=workdir, total_steps=total_steps,
       images_per_step=config.training.global_batch_size,
       metadata=dict(kind='linear_eval', config=config.to_dict(),
+                    topology=topology(),
                     encoder=source or 'random'))
 
   eval_step = jax.pmap(linear_eval.make_eval_step(config, num_classes),

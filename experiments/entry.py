@@ -12,7 +12,19 @@ from experiments.cli import user_errors
 
 WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Folder for checkpoints, metrics and results. Re-running '
-    'the same command resumes from its latest checkpoint.', required=True)
+    'the same command resumes from its latest checkpoint. With several '
+    'hosts: one folder they all share (gs://..., NFS).', required=True)
+
+# Multi-host runs (one process per host). On SLURM and Cloud TPU VMs JAX
+# finds these itself; elsewhere give all three, the same coordinator to all.
+COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None,
+    'host:port of process 0, reachable from every host.')
+NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Processes (hosts) in the run.', lower_bound=1)
+PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, "This process's index, 0 .. num_processes - 1.",
+    lower_bound=0)
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -34,14 +46,26 @@ def enable_compilation_cache() -> None:
 
 
 def run(job: Callable[[Any, str], Any], config: Any) -> None:
-  """Runs `job(config, workdir)`; user errors become one line and exit 2."""
+  """Runs `job(config, workdir)` on this host's share of the run.
+
+  User errors become one line and exit 2; a run stopped by SIGTERM/SIGINT
+  exits with `preemption.EXIT_CODE` (75) after its checkpoint is written.
+  """
+  from byol_jax import multihost  # pylint: disable=g-import-not-at-top
+  from byol_jax import preemption  # pylint: disable=g-import-not-at-top
   hide_accelerators_from_tensorflow()
-  enable_compilation_cache()
   if not flags.FLAGS['verbosity'].present:
     # TFDS logs every file it opens at INFO; the progress lines are printed.
     logging.set_verbosity(logging.WARNING)
   try:
+    # Before anything touches a JAX backend (the compilation cache does not).
+    multihost.initialize(COORDINATOR_ADDRESS.value, NUM_PROCESSES.value,
+                         PROCESS_ID.value)
+    enable_compilation_cache()
     job(config, WORKDIR.value)
   except user_errors() as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
+  except preemption.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)

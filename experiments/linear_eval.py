@@ -5,6 +5,7 @@ r"""Linear evaluation (or fine-tuning) of a pretrained encoder.
       --config.checkpoint=runs/demo/pretrain
 
 Prints and writes (results.json) top-1/top-5 over the whole test split.
+Exit status and multi-host flags as experiments/pretrain.py.
 """
 
 from absl import app

@@ -4,6 +4,10 @@ r"""BYOL pretraining.
       --config=experiments/configs/byol.py:demo
 
 Re-running the same command resumes from the workdir's latest checkpoint.
+Exit status: 0 finished, 2 bad input (one line on stderr), 75 stopped by
+SIGTERM/SIGINT after writing a checkpoint (run it again to resume). Several
+hosts: see launch/ (or pass --coordinator_address, --num_processes and
+--process_id to every process).
 """
 
 from absl import app

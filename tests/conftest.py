@@ -14,3 +14,11 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  '.cache', 'jax'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+# Temporary folders of our own: pytest keeps only the newest three
+# basetemps under one root and deletes older ones, so other pytest sessions
+# on a shared machine would delete the folders of a running one.
+os.environ.setdefault(
+    'PYTEST_DEBUG_TEMPROOT',
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 '.cache', 'pytest_tmp'))
+os.makedirs(os.environ['PYTEST_DEBUG_TEMPROOT'], exist_ok=True)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorflow import errors as tf_errors
 
 from byol_jax import checkpoint
 
@@ -65,3 +66,30 @@ def test_architecture_mismatch_names_parameter_and_shapes(tmp_path):
   other['params']['extra'] = {'w': jnp.zeros(3)}
   with pytest.raises(checkpoint.CheckpointError, match='params/extra/w'):
     checkpoint.restore_into(other, arrays, path)
+
+
+def test_background_saver_writes_a_copy_and_keeps_the_newest(tmp_path):
+  saver = checkpoint.BackgroundSaver(str(tmp_path), keep=2)
+  tree = jax.tree.map(np.array, _tree())
+  for step in (1, 2, 3):
+    saver.save(step, tree, {'kind': 'test'})
+    # The caller may reuse its buffers at once (the next step's donation).
+    tree['params']['classifier']['b'] += 1
+  saver.wait()
+  assert checkpoint.all_steps(str(tmp_path)) == [2, 3]
+  arrays, metadata = checkpoint.load_arrays(
+      checkpoint.latest_path(str(tmp_path)))
+  assert metadata['step'] == 3
+  np.testing.assert_array_equal(arrays['params/classifier/b'],
+                                np.arange(10.0) + 2)
+
+
+def test_background_saver_raises_write_errors_in_the_caller(tmp_path):
+  (tmp_path / 'file').write_text('')
+  saver = checkpoint.BackgroundSaver(str(tmp_path / 'file' / 'sub'), keep=1)
+  saver.save(1, jax.tree.map(np.array, _tree()), {})
+  # A folder below a file cannot be created: tf.io.gfile's error, raised
+  # here rather than lost in the writer thread.
+  with pytest.raises(tf_errors.FailedPreconditionError):
+    saver.wait()
+  saver.wait()  # reported once

@@ -1,22 +1,25 @@
 """End to end on a tiny Fashion-MNIST the test writes, 4 simulated devices.
 
-Pretraining runs through the real entry point in a subprocess that is killed
-with SIGKILL once it has written a checkpoint; the same command then resumes
-at that step. Linear evaluation of the result counts every test image once
+Pretraining runs through the real entry point in subprocesses: one runs
+uninterrupted, one is killed with SIGKILL and one sent SIGTERM, each at a
+random step; the same command then resumes them, and both must end with
+bitwise the parameters, statistics and optimizer state of the first. Linear evaluation of the result counts every test image once
 although the last batch is ragged.
 """
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
-import time
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from byol_jax import checkpoint
+from byol_jax import preemption
 from byol_jax import train_loop
 from tests import tiny
 from tests.test_data_fashion_mnist import write_fashion_mnist
@@ -37,54 +40,86 @@ def dirs(tmp_path_factory):
 
 
 def _pretrain_command(dirs, workdir):
-  return [
-      sys.executable, '-m', 'experiments.pretrain', f'--workdir={workdir}',
-      '--config=experiments/configs/byol.py:demo',
-      f'--config.dataset.data_dir={dirs["data_dir"]}',
-      f'--config.dataset.fashion_mnist_dir={dirs["fashion_mnist_dir"]}',
-      '--config.dataset.image_size=16',
-      '--config.model.encoder.width_multiplier=0.125',
-      '--config.model.encoder.small_image_stem=True',  # as tests/tiny.py
-      '--config.model.projector_hidden_size=32',
-      '--config.model.predictor_hidden_size=32',
-      '--config.model.projector_output_size=16',
-      '--config.training.global_batch_size=16',
-      f'--config.training.max_steps={TOTAL_STEPS}',
-      f'--config.checkpointing.every_steps={CHECKPOINT_EVERY}',
-      '--config.logging.log_every_steps=1',
-  ]
+  flags = tiny.pretrain_flags(
+      data_dir=dirs['data_dir'], fashion_mnist_dir=dirs['fashion_mnist_dir'],
+      workdir=workdir, total_steps=TOTAL_STEPS,
+      checkpoint_every=CHECKPOINT_EVERY)
+  return [sys.executable, '-m', 'experiments.pretrain', *flags]
 
 
-def _wait_for_checkpoint(process, directory, timeout=300):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if checkpoint.all_steps(directory):
+def _start(command):
+  return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(process, step):
+  """Reads progress lines until `step` has been logged (one line per step)."""
+  for line in process.stdout:
+    if line.startswith(f'step {step}/'):
       return
-    if process.poll() is not None:
-      pytest.fail(f'pretraining exited ({process.returncode}) before its '
-                  f'first checkpoint: {process.stdout.read()}')
-    time.sleep(0.05)
-  process.kill()
-  pytest.fail('no checkpoint within the timeout')
+  process.wait()
+  pytest.fail(f'pretraining exited ({process.returncode}) before step {step}')
 
 
-@pytest.fixture(scope='module')
-def pretrained(dirs, tmp_path_factory):
-  """Workdir of a pretraining run killed after its first checkpoint, resumed."""
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  command = _pretrain_command(dirs, workdir)
-  killed = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  _wait_for_checkpoint(killed, checkpoint_dir)
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
-  killed_at = checkpoint.all_steps(checkpoint_dir)[-1]
+def _final_arrays(workdir):
+  arrays, metadata = checkpoint.load_arrays(
+      checkpoint.latest_path(os.path.join(workdir, 'checkpoints')))
+  assert metadata['step'] == TOTAL_STEPS
+  return arrays
+
+
+def _resume(command):
   resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                            timeout=600)
   assert resumed.returncode == 0, resumed.stderr
-  return dict(workdir=workdir, killed_at=killed_at, stdout=resumed.stdout,
+  return resumed.stdout
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(dirs, tmp_path_factory):
+  """Final arrays of a run of the same command that nobody interrupts."""
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  _resume(_pretrain_command(dirs, workdir))
+  return _final_arrays(workdir)
+
+
+@pytest.fixture(scope='module')
+def kill_steps():
+  """Random steps to interrupt at (after the first checkpoint, before the end)."""
+  rng = random.Random(int.from_bytes(os.urandom(4), 'little'))
+  return dict(sigkill=rng.randint(CHECKPOINT_EVERY + 1, TOTAL_STEPS - 2),
+              sigterm=rng.randint(1, TOTAL_STEPS - 2))
+
+
+@pytest.fixture(scope='module')
+def pretrained(dirs, tmp_path_factory, kill_steps):
+  """Workdir of a pretraining run killed (SIGKILL) at a random step, resumed."""
+  workdir = str(tmp_path_factory.mktemp('pretrain'))
+  command = _pretrain_command(dirs, workdir)
+  killed = _start(command)
+  _wait_for_step(killed, kill_steps['sigkill'])
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  killed.stdout.close()
+  killed_at = checkpoint.all_steps(os.path.join(workdir, 'checkpoints'))[-1]
+  return dict(workdir=workdir, killed_at=killed_at, stdout=_resume(command),
               command=command)
+
+
+@pytest.fixture(scope='module')
+def terminated(dirs, tmp_path_factory, kill_steps):
+  """A run sent SIGTERM at a random step: its exit, stderr and the resume."""
+  workdir = str(tmp_path_factory.mktemp('terminated'))
+  command = _pretrain_command(dirs, workdir)
+  process = _start(command)
+  _wait_for_step(process, kill_steps['sigterm'])
+  process.send_signal(signal.SIGTERM)
+  output = process.stdout.read()
+  process.wait()
+  process.stdout.close()
+  stopped_at = checkpoint.all_steps(os.path.join(workdir, 'checkpoints'))[-1]
+  return dict(workdir=workdir, returncode=process.returncode, output=output,
+              stopped_at=stopped_at, resume_stdout=_resume(command))
 
 
 def _rows(workdir):
@@ -92,9 +127,13 @@ def _rows(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_killed_run_resumes_at_its_checkpoint_and_finishes(pretrained):
+def test_killed_run_resumes_at_its_checkpoint_and_finishes(pretrained,
+                                                           kill_steps):
   killed_at = pretrained['killed_at']
-  assert 0 < killed_at < TOTAL_STEPS
+  # The checkpoint of the step it was killed at may still have been in
+  # the writer thread.
+  assert kill_steps['sigkill'] - CHECKPOINT_EVERY <= killed_at <= kill_steps[
+      'sigkill']
   assert f'resuming at step {killed_at}' in pretrained['stdout']
   steps = [row['step'] for row in _rows(pretrained['workdir'])]
   # The resumed run logs every step after the checkpoint, once, in order.
@@ -104,6 +143,36 @@ def test_killed_run_resumes_at_its_checkpoint_and_finishes(pretrained):
     assert json.load(f)['step'] == TOTAL_STEPS
   for name in ('metrics.png', 'tensorboard'):
     assert os.path.exists(os.path.join(pretrained['workdir'], name))
+
+
+def test_killed_and_resumed_run_ends_bitwise_equal(pretrained, uninterrupted,
+                                                    kill_steps):
+  resumed = _final_arrays(pretrained['workdir'])
+  assert resumed.keys() == uninterrupted.keys()
+  differ = [k for k in resumed if not np.array_equal(resumed[k],
+                                                     uninterrupted[k])]
+  assert not differ, (f'SIGKILL at step {kill_steps["sigkill"]}: {differ}')
+
+
+def test_sigterm_saves_the_step_in_progress_and_exits_75(terminated,
+                                                         kill_steps):
+  assert terminated['returncode'] == preemption.EXIT_CODE, terminated['output']
+  # It finishes the step that was running when the signal came, at most.
+  assert kill_steps['sigterm'] <= terminated['stopped_at'] <= kill_steps[
+      'sigterm'] + 1
+  assert (f'stopped on SIGTERM after step {terminated["stopped_at"]}' in
+          terminated['output'])
+  assert (f'resuming at step {terminated["stopped_at"]}' in
+          terminated['resume_stdout'])
+
+
+def test_terminated_and_resumed_run_ends_bitwise_equal(terminated,
+                                                       uninterrupted,
+                                                       kill_steps):
+  resumed = _final_arrays(terminated['workdir'])
+  differ = [k for k in resumed if not np.array_equal(resumed[k],
+                                                     uninterrupted[k])]
+  assert not differ, (f'SIGTERM at step {kill_steps["sigterm"]}: {differ}')
 
 
 def test_resumed_schedules_continue_where_they_stopped(pretrained):
@@ -188,3 +257,20 @@ def test_finetuning_trains_the_encoder(dirs, pretrained, tmp_path):
   assert not np.array_equal(
       arrays[key],
       pretrained_arrays['online_params/' + key[len('params/'):]])
+
+
+class _State(NamedTuple):
+  step: np.ndarray
+  w: np.ndarray
+
+
+def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
+                                                              capsys):
+  checkpoint.save(str(tmp_path), 3, _State(np.int32(3), np.ones(2)),
+                  dict(topology=dict(processes=2, devices=8)), keep=1)
+  restored = train_loop.restore_latest(_State(np.int32(0), np.zeros(2)),
+                                       str(tmp_path))
+  assert int(restored.step) == 3
+  np.testing.assert_array_equal(restored.w, np.ones(2))
+  assert ("checkpoint written on {'processes': 2, 'devices': 8}, resuming "
+          "on {'processes': 1, 'devices': 4}") in capsys.readouterr().out

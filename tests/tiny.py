@@ -24,3 +24,24 @@ def linear_eval_config():
   config.training.global_batch_size = 16
   config.eval.global_batch_size = 12
   return config
+
+
+def pretrain_flags(*, data_dir, fashion_mnist_dir, workdir,
+                        total_steps, checkpoint_every=1000):
+  """Entry-point flags of pretrain_config(): for runs in a subprocess."""
+  return [
+      f'--workdir={workdir}',
+      '--config=experiments/configs/byol.py:demo',
+      f'--config.dataset.data_dir={data_dir}',
+      f'--config.dataset.fashion_mnist_dir={fashion_mnist_dir}',
+      '--config.dataset.image_size=16',
+      '--config.model.encoder.width_multiplier=0.125',
+      '--config.model.encoder.small_image_stem=True',
+      '--config.model.projector_hidden_size=32',
+      '--config.model.predictor_hidden_size=32',
+      '--config.model.projector_output_size=16',
+      '--config.training.global_batch_size=16',
+      f'--config.training.max_steps={total_steps}',
+      f'--config.checkpointing.every_steps={checkpoint_every}',
+      '--config.logging.log_every_steps=1',
+  ]

@@ -124,7 +124,11 @@ def imagenet_config(epochs: int, base_lr: float, weight_decay: float,
                     max_steps=0,  # > 0 overrides num_epochs.
                     base_target_ema=base_ema),
       logging=dict(log_every_steps=100),
-      checkpointing=dict(every_steps=5000, every_secs=1800.0, keep=3),
+      # keep: newest checkpoints kept. stop_check_every_steps: with several
+      # hosts, how often they share a SIGTERM/SIGINT (a small collective);
+      # they then stop together within this many steps.
+      checkpointing=dict(every_steps=5000, every_secs=1800.0, keep=3,
+                         stop_check_every_steps=10),
   ))
 
 

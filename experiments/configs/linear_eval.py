@@ -66,7 +66,11 @@ def imagenet_config() -> ml_collections.ConfigDict:
       training=dict(global_batch_size=1024, num_epochs=80.0, max_steps=0),
       eval=dict(global_batch_size=1000),
       logging=dict(log_every_steps=100),
-      checkpointing=dict(every_steps=5000, every_secs=1800.0, keep=2),
+      # keep: newest checkpoints kept. stop_check_every_steps: with several
+      # hosts, how often they share a SIGTERM/SIGINT (a small collective);
+      # they then stop together within this many steps.
+      checkpointing=dict(every_steps=5000, every_secs=1800.0, keep=2,
+                         stop_check_every_steps=10),
   ))
 
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Submits launch/slurm_gpu.sbatch: BYOL on NODES GPU nodes, one JAX process
+# per node.
+#
+#   launch/slurm_gpu.sh --nodes N [--gpus-per-node G] [--partition P]
+#       [--time HH:MM:SS] [--account A] [--module experiments.pretrain]
+#       [--dry-run] -- ARGS...
+#
+# ARGS go unchanged to the entry point on every node (sbatch hands them to
+# the script as they are, so spaces survive). --dry-run prints the sbatch
+# command and the srun command the job will run, and submits nothing.
+set -euo pipefail
+
+nodes="" gpus=8 partition="" time_limit="" account="" dry_run=0
+module="experiments.pretrain"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+die() { echo "error: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) nodes="${2:?--nodes needs a value}"; shift 2 ;;
+    --gpus-per-node) gpus="${2:?--gpus-per-node needs a value}"; shift 2 ;;
+    --partition) partition="${2:?--partition needs a value}"; shift 2 ;;
+    --time) time_limit="${2:?--time needs a value}"; shift 2 ;;
+    --account) account="${2:?--account needs a value}"; shift 2 ;;
+    --module) module="${2:?--module needs a value}"; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    --) shift; break ;;
+    *) die "unknown option $1; put the entry point's flags after --" ;;
+  esac
+done
+[[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
+[[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer, got '$gpus'"
+[ $# -gt 0 ] || die "no entry-point flags after --; give at least --workdir and --config"
+
+cmd=(sbatch "--nodes=$nodes" --ntasks-per-node=1 "--gpus-per-node=$gpus"
+     "--export=ALL,BYOL_MODULE=$module")
+[ -z "$partition" ] || cmd+=("--partition=$partition")
+[ -z "$time_limit" ] || cmd+=("--time=$time_limit")
+[ -z "$account" ] || cmd+=("--account=$account")
+cmd+=("$here/slurm_gpu.sbatch" "$@")
+
+if [ "$dry_run" -eq 1 ]; then
+  line="$(printf '%q ' "${cmd[@]}")"; echo "${line% }"
+  SLURM_JOB_NUM_NODES="$nodes" BYOL_MODULE="$module" \
+    bash "$here/slurm_gpu.sbatch" --dry-run "$@"
+  exit 0
+fi
+exec "${cmd[@]}"

@@ -1,0 +1,118 @@
+"""The launchers' --dry-run output: workers, pass-through and quoting.
+
+Each printed line must be a command that a shell runs as intended: parsing
+it with POSIX shell rules (shlex) has to give back every argument the user
+gave, spaces and quotes included.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a user passes through: a preset, an override with spaces and quotes.
+ARGS = ['--workdir=gs://bucket/runs/byol 1000ep',
+        '--config=experiments/configs/byol.py:1000ep',
+        "--config.dataset.data_dir=/data/my datasets/it's here",
+        '--config.training.max_steps=10']
+
+
+def _dry_run(script, *options, args=ARGS):
+  result = subprocess.run(['bash', os.path.join(REPO, 'launch', script),
+                           '--dry-run', *options, '--', *args],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  return [line for line in result.stdout.splitlines() if line]
+
+
+def _ends_with_args(argv, args=ARGS):
+  index = argv.index(args[0])
+  return argv[index:index + len(args)] == args
+
+
+def test_local_multiprocess_runs_one_command_per_process():
+  lines = _dry_run('local_multiprocess.sh', '--processes', '3', '--devices',
+                   '2', '--port', '12345')
+  assert len(lines) == 3
+  for process_id, line in enumerate(lines):
+    argv = shlex.split(line)
+    flags = next(a for a in argv if a.startswith('XLA_FLAGS='))
+    assert '--xla_force_host_platform_device_count=2' in flags[len(
+        'XLA_FLAGS='):].split()
+    assert argv[argv.index('-m') + 1] == 'experiments.pretrain'
+    assert _ends_with_args(argv)
+    assert '--coordinator_address=localhost:12345' in argv
+    assert '--num_processes=3' in argv
+    assert f'--process_id={process_id}' in argv
+
+
+def test_tpu_pod_runs_the_command_on_all_workers():
+  lines = _dry_run('tpu_pod.sh', '--name', 'byol', '--zone', 'us-central2-b',
+                   '--accelerator-type', 'v4-256', '--spot', '--delete')
+  assert lines[0] == '# v4-256: 32 worker(s), one JAX process each'
+  commands = [shlex.split(line) for line in lines[1:]]
+  create, delete = commands[0], commands[-1]
+  assert create[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create']
+  assert '--accelerator-type=v4-256' in create and '--spot' in create
+  assert delete[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete',
+                        'byol']
+  ssh = [c for c in commands if c[4:5] == ['ssh']]
+  assert len(ssh) == 2  # install, then run
+  assert all('--worker=all' in c for c in ssh)
+  remote = next(a for a in ssh[1] if a.startswith('--command='))
+  # The workers' shell parses the remote command a second time.
+  remote_argv = shlex.split(remote[len('--command='):])
+  assert remote_argv[remote_argv.index('python3'):][:3] == [
+      'python3', '-m', 'experiments.pretrain']
+  assert _ends_with_args(remote_argv)
+  assert 'pip' in ' '.join(ssh[0])
+
+
+@pytest.mark.parametrize('accelerator, workers', [
+    ('v4-8', 1), ('v3-32', 4), ('v5p-128', 16), ('v5litepod-256', 64),
+    ('v6e-8', 1), ('v6e-16', 4)])
+def test_tpu_pod_counts_the_workers_of_a_slice(accelerator, workers):
+  lines = _dry_run('tpu_pod.sh', '--name', 'n', '--zone', 'z',
+                   '--accelerator-type', accelerator, '--no-create')
+  assert lines[0] == f'# {accelerator}: {workers} worker(s), one JAX process each'
+  assert not any(' create ' in line for line in lines)
+
+
+def test_slurm_submits_one_task_per_node_and_passes_the_arguments():
+  lines = _dry_run('slurm_gpu.sh', '--nodes', '4', '--gpus-per-node', '8',
+                   '--partition', 'gpu', '--time', '24:00:00')
+  sbatch, srun = (shlex.split(line) for line in lines)
+  assert sbatch[0] == 'sbatch'
+  assert {'--nodes=4', '--ntasks-per-node=1', '--gpus-per-node=8',
+          '--partition=gpu', '--time=24:00:00'} <= set(sbatch)
+  assert sbatch[sbatch.index(ARGS[0]) - 1].endswith('launch/slurm_gpu.sbatch')
+  assert _ends_with_args(sbatch)
+  assert srun[:3] == ['srun', '--nodes=4', '--ntasks-per-node=1']
+  assert srun[srun.index('-m') + 1] == 'experiments.pretrain'
+  assert _ends_with_args(srun)
+
+
+def test_sbatch_script_asks_for_one_task_per_node_and_a_warning_signal():
+  with open(os.path.join(REPO, 'launch', 'slurm_gpu.sbatch')) as f:
+    directives = re.findall(r'^#SBATCH (\S+)', f.read(), re.MULTILINE)
+  assert '--ntasks-per-node=1' in directives
+  assert '--requeue' in directives
+  assert any(d.startswith('--signal=TERM@') for d in directives)
+
+
+@pytest.mark.parametrize('script, options', [
+    ('local_multiprocess.sh', ('--processes', 'two')),
+    ('tpu_pod.sh', ('--zone', 'z', '--accelerator-type', 'v4-8')),
+    ('slurm_gpu.sh', ('--nodes', '0')),
+])
+def test_bad_launcher_options_fail_with_one_line(script, options):
+  result = subprocess.run(['bash', os.path.join(REPO, 'launch', script),
+                           '--dry-run', *options, '--', *ARGS],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr.startswith('error: ')
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not result.stdout
