@@ -84,7 +84,7 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int) -> EvalState
     return EvalState(step=jnp.zeros((), jnp.int32),
                      rng=jax.random.key_data(run_key), params=params,
                      state=state, opt_state=_optimizer(config, 0.0).init(trainable))
-  return byol.run_initializer(_init)
+  return byol.compile_initializer(_init)()
 
 
 def load_pretrained_encoder(state: EvalState, path: str) -> EvalState:
