@@ -35,8 +35,12 @@ def check_batch_divisible(global_batch_size: int) -> int:
     global_batch_size: images per step summed over all devices of all hosts.
   """
   devices = jax.device_count()
+  if global_batch_size <= 0:
+    raise ValueError(
+        f'global batch size {global_batch_size} must be positive; set '
+        f'--config.training.global_batch_size to a multiple of {devices}')
   per_device, remainder = divmod(global_batch_size, devices)
-  if remainder or per_device == 0:
+  if remainder:
     raise ValueError(
         f'global batch size {global_batch_size} does not divide across '
         f'{devices} devices; set --config.training.global_batch_size to a '

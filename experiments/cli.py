@@ -10,7 +10,9 @@ from absl import flags
 # The errors a user can fix: each prints as one line and exits non-zero.
 _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 # What absl and ml_collections raise for a bad flag, preset or config key.
-_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
+# (OSError: a config file that does not exist or cannot be read.)
+_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+                OSError)
 
 
 def exit_with(error: Exception, argv: list[str]):
@@ -56,6 +58,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _one_line(error: Exception, argv: list[str]) -> str:
   """Condenses a flag-parsing error into one line that says what to fix."""
+  if isinstance(error, OSError):
+    config = next((a.split('=', 1)[1].split(':')[0] for a in argv
+                   if a.startswith('--config=')), 'the config file')
+    return (f'cannot load {config}: no such readable config file; pass '
+            '--config=experiments/configs/<file>.py:<preset>')
   text = str(error).replace('\\n', '\n').replace("\\'", "'")
   unknown = re.match(r"""^["']*'?([\w.]+)'""", text)
   if isinstance(error, (AttributeError, KeyError)) and unknown:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from experiments.cli import user_errors
 
 WORKDIR = flags.DEFINE_string(
@@ -58,13 +59,30 @@ def run(job: Callable[[Any, str], Any], config: Any) -> None:
     # TFDS logs every file it opens at INFO; the progress lines are printed.
     logging.set_verbosity(logging.WARNING)
   try:
+    config.keys()  # ml_collections defers a config file's load error to here
+  except OSError as e:
+    cli.exit_with(e, sys.argv)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  workdir = WORKDIR.value
+  if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
+    print(f'error: --workdir={workdir} is a file, not a folder; pass a new or '
+          'existing folder', file=sys.stderr, flush=True)
+    sys.exit(2)
+  try:
     # Before anything touches a JAX backend (the compilation cache does not).
     multihost.initialize(COORDINATOR_ADDRESS.value, NUM_PROCESSES.value,
                          PROCESS_ID.value)
     enable_compilation_cache()
-    job(config, WORKDIR.value)
+    job(config, workdir)
   except user_errors() as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  except tf.errors.DataLossError as e:
+    # Raised while reading, from inside tf.data: a damaged prepared dataset.
+    print(f'error: a prepared dataset file is corrupt ('
+          f'{e.message.splitlines()[0]}); delete that dataset\'s folder in '
+          'the TFDS data_dir and prepare it again', file=sys.stderr,
+          flush=True)
     sys.exit(2)
   except preemption.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr, flush=True)

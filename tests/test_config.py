@@ -132,3 +132,29 @@ def test_every_imagenet_preset_states_its_command_result_and_time():
 def test_unknown_encoder_is_a_clear_error(get_config, preset):
   with pytest.raises(ValueError, match='unknown encoder'):
     get_config(preset)
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--config=experiments/configs/nope.py:demo'],
+     'cannot load experiments/configs/nope.py'),
+    (['--config.training.global_batch_size=0'],
+     'global batch size 0 must be positive'),
+])
+def test_missing_config_file_and_empty_batch_are_one_line(flags, message):
+  result = _run_pretrain(*flags)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+  workdir = tmp_path / 'file'
+  workdir.write_text('not a folder')
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.pretrain', f'--workdir={workdir}'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip() == (
+      f'error: --workdir={workdir} is a file, not a folder; pass a new or '
+      'existing folder')
+  assert workdir.read_text() == 'not a folder'
