@@ -91,35 +91,43 @@ def kill_steps():
               sigterm=rng.randint(1, TOTAL_STEPS - 2))
 
 
+def _interrupted_run(dirs, workdir, step, signal_number):
+  """Starts pretraining, sends `signal_number` once `step` is logged, resumes.
+
+  Returns the interrupted process's exit status and remaining output, the
+  newest checkpoint it left, and the resumed run's stdout.
+  """
+  command = _pretrain_command(dirs, workdir)
+  process = _start(command)
+  _wait_for_step(process, step)
+  process.send_signal(signal_number)
+  output = process.stdout.read()
+  process.wait()
+  process.stdout.close()
+  last_checkpoint = checkpoint.all_steps(
+      os.path.join(workdir, 'checkpoints'))[-1]
+  return dict(workdir=workdir, command=command,
+              returncode=process.returncode, output=output,
+              last_checkpoint=last_checkpoint, resume_stdout=_resume(command))
+
+
 @pytest.fixture(scope='module')
 def pretrained(dirs, tmp_path_factory, kill_steps):
   """Workdir of a pretraining run killed (SIGKILL) at a random step, resumed."""
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  command = _pretrain_command(dirs, workdir)
-  killed = _start(command)
-  _wait_for_step(killed, kill_steps['sigkill'])
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
-  killed.stdout.close()
-  killed_at = checkpoint.all_steps(os.path.join(workdir, 'checkpoints'))[-1]
-  return dict(workdir=workdir, killed_at=killed_at, stdout=_resume(command),
-              command=command)
+  run = _interrupted_run(dirs, str(tmp_path_factory.mktemp('pretrain')),
+                         kill_steps['sigkill'], signal.SIGKILL)
+  return dict(workdir=run['workdir'], killed_at=run['last_checkpoint'],
+              stdout=run['resume_stdout'], command=run['command'])
 
 
 @pytest.fixture(scope='module')
 def terminated(dirs, tmp_path_factory, kill_steps):
   """A run sent SIGTERM at a random step: its exit, stderr and the resume."""
-  workdir = str(tmp_path_factory.mktemp('terminated'))
-  command = _pretrain_command(dirs, workdir)
-  process = _start(command)
-  _wait_for_step(process, kill_steps['sigterm'])
-  process.send_signal(signal.SIGTERM)
-  output = process.stdout.read()
-  process.wait()
-  process.stdout.close()
-  stopped_at = checkpoint.all_steps(os.path.join(workdir, 'checkpoints'))[-1]
-  return dict(workdir=workdir, returncode=process.returncode, output=output,
-              stopped_at=stopped_at, resume_stdout=_resume(command))
+  run = _interrupted_run(dirs, str(tmp_path_factory.mktemp('terminated')),
+                         kill_steps['sigterm'], signal.SIGTERM)
+  return dict(workdir=run['workdir'], returncode=run['returncode'],
+              output=run['output'], stopped_at=run['last_checkpoint'],
+              resume_stdout=run['resume_stdout'])
 
 
 def _rows(workdir):
