@@ -29,7 +29,10 @@ class Progress:
     self._last_time = time.monotonic()
 
   def report(self, step: int, extra: str = '') -> str:
-    """Returns e.g. 'step 120/2000 | 2.1 steps/s | 540 img/s | ETA 14m55s'."""
+    """Returns e.g. 'step 120/2000 | 2.1 steps/s | 540 img/s | ETA 14m55s'.
+
+    The images/s part is left out when `images_per_step` is 0.
+    """
     now = time.monotonic()
     steps = step - self._last_step
     elapsed = max(now - self._last_time, 1e-9)
@@ -37,6 +40,8 @@ class Progress:
     rate = steps / elapsed
     eta = (self._total - step) / rate if rate > 0 else float('inf')
     eta_text = format_duration(eta) if eta != float('inf') else '?'
-    line = (f'step {step}/{self._total} | {rate:.2f} steps/s | '
-            f'{rate * self._images_per_step:.0f} img/s | ETA {eta_text}')
+    line = f'step {step}/{self._total} | {rate:.2f} steps/s | '
+    if self._images_per_step:
+      line += f'{rate * self._images_per_step:.0f} img/s | '
+    line += f'ETA {eta_text}'
     return f'{line} | {extra}' if extra else line

@@ -15,10 +15,12 @@ from typing import Any, Callable, Iterator
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 from tensorflow.io import gfile
 
 from byol_jax import byol
 from byol_jax import checkpoint
+from byol_jax import feature_probe
 from byol_jax import linear_eval
 from byol_jax import metric_writer
 from byol_jax import multihost
@@ -33,6 +35,9 @@ from byol_jax.data import sources
 PRETRAIN_PLOTS = ('loss', 'repr_loss', 'classif_loss', 'top1_accuracy',
                   'learning_rate', 'tau')
 LINEAR_EVAL_PLOTS = ('loss', 'top1_accuracy', 'learning_rate')
+PROBE_PLOTS = ('valid_top1', 'train_loss', 'log10_l2')
+PROTOCOLS = ('augmented', 'precomputed')
+AXIS_NAME = byol.AXIS_NAME
 
 
 def dataset_kwargs(dataset_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -283,20 +288,142 @@ def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
       + (', or --config.encoder_init=random' if flag == 'checkpoint' else ''))
 
 
+def embed_split(embed_step: Callable, replicated_state: Any,
+                config: ml_collections.ConfigDict, split: str, source: str,
+                workdir: str) -> feature_probe.Features:
+  """This process's embeddings of `split` (centre crop, no augmentation).
+
+  Kept in `<workdir>/features/<split>_process<k>.npz` (written atomically),
+  so a restarted run reuses them when they come from the same encoder.
+  """
+  path = os.path.join(workdir, 'features',
+                      f'{split}_process{jax.process_index()}.npz')
+  if gfile.exists(path):
+    try:
+      arrays, metadata = checkpoint.load_arrays(path)
+      if metadata.get('encoder') == source:
+        return feature_probe.Features(**arrays)
+    except checkpoint.CheckpointError:
+      pass  # Half-written by an older version or damaged: recompute.
+  data = dataset_kwargs(config.dataset)
+  batch_size = config.eval.global_batch_size
+  num_batches = pipelines.num_eval_batches(
+      sources.num_examples(config.dataset.name, split, **data), batch_size,
+      jax.process_count())
+  batches = device_feed.prefetch_to_devices(pipelines.eval_batches(
+      config.dataset.name, split, **data, **process_kwargs(),
+      global_batch_size=batch_size, image_size=config.dataset.image_size,
+      crop_fraction=config.dataset.eval_crop_fraction))
+  meter = progress.Progress(num_batches, batch_size, 0)
+  parts = {name: [] for name in feature_probe.Features._fields}
+  for done, batch in enumerate(batches, start=1):
+    parts['features'].append(np.asarray(embed_step(
+        replicated_state.params, replicated_state.state, batch['images'])))
+    parts['labels'].append(np.asarray(batch['labels']))
+    parts['mask'].append(np.asarray(batch['mask']))
+    if jax.process_index() == 0 and (
+        done % config.logging.log_every_steps == 0 or done == num_batches):
+      print(meter.report(done, f'embedding {split}'), flush=True)
+  features = feature_probe.Features(
+      **{name: np.concatenate(values, axis=1)
+         for name, values in parts.items()})
+  gfile.makedirs(os.path.dirname(path))
+  checkpoint.write(path, features._asdict(), dict(encoder=source))
+  return features
+
+
+def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
+              valid: feature_probe.Features, num_classes: int,
+              workdir: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Chooses λ on `valid`, refits on train + valid; see feature_probe.py.
+
+  Returns the `classifier` params for raw embeddings and the metrics of the
+  chosen fit (`l2`, `valid_top1`, `train_loss`, `train_top1`). Each λ of the
+  grid is logged as one step of metrics.jsonl.
+  """
+  probe = config.probe
+  if not 0 < probe.l2_min <= probe.l2_max or probe.num_l2 < 1:
+    raise ValueError(
+        f'probe grid l2_min={probe.l2_min}, l2_max={probe.l2_max}, '
+        f'num_l2={probe.num_l2}; need 0 < --config.probe.l2_min <= '
+        '--config.probe.l2_max and --config.probe.num_l2 >= 1')
+  grid = np.geomspace(probe.l2_max, probe.l2_min, probe.num_l2)
+  moments_fn = jax.pmap(feature_probe.feature_moments, axis_name=AXIS_NAME)
+  fit = jax.pmap(feature_probe.make_fit_fn(probe.lbfgs_iterations),
+                 axis_name=AXIS_NAME)
+  count = jax.pmap(feature_probe.make_count_fn(), axis_name=AXIS_NAME)
+
+  def accuracy(w, b, split, moments):
+    counts = parallel.first_replica(count(w, b, *split, moments))
+    return counts['top1'] / counts['count']
+
+  def fit_on(split, w, b, l2):
+    moments = moments_fn(split.features, split.mask)
+    w, b, loss = fit(w, b, *split, moments, parallel.replicate(
+        np.float32(l2)))
+    return w, b, float(parallel.first_replica(loss)), moments
+
+  w = parallel.replicate(np.zeros((train.features.shape[-1], num_classes),
+                                  np.float32))
+  b = parallel.replicate(np.zeros((num_classes,), np.float32))
+  writer = metric_writer.MetricWriter(workdir,
+                                      enabled=jax.process_index() == 0)
+  meter = progress.Progress(len(grid), 0, 0)
+  best = None
+  try:
+    for index, l2 in enumerate(grid, start=1):
+      w, b, loss, moments = fit_on(train, w, b, l2)
+      valid_top1 = accuracy(w, b, valid, moments)
+      metrics = dict(l2=float(l2), log10_l2=float(np.log10(l2)),
+                     train_loss=loss, valid_top1=valid_top1)
+      writer.write(index, metrics)
+      if best is None or valid_top1 > best[0]['valid_top1']:
+        best = (metrics, w, b)
+      if jax.process_index() == 0:
+        print(meter.report(index, f'l2 {l2:.2e} | train loss {loss:.4f} | '
+                                  f'valid top-1 {valid_top1:.4f}'),
+              flush=True)
+  finally:
+    writer.close()
+  metrics, w, b = best
+  both = feature_probe.Features(*(
+      np.concatenate([a, c], axis=1) for a, c in zip(train, valid)))
+  w, b, loss, moments = fit_on(both, w, b, metrics['l2'])
+  classifier = feature_probe.fold_standardisation(
+      *parallel.first_replica((w, b, moments)))
+  return classifier, dict(l2=metrics['l2'], valid_top1=metrics['valid_top1'],
+                          train_loss=loss,
+                          train_top1=accuracy(w, b, both, moments))
+
+
 def linear_evaluation(config: ml_collections.ConfigDict,
                       workdir: str) -> dict[str, Any]:
   """Trains a linear classifier on a (frozen) encoder and tests it.
 
+  `config.protocol` 'augmented': SGD on augmented training images (the
+  reference's ImageNet protocol; also fine-tuning). 'precomputed': L-BFGS
+  logistic regression on embeddings of unaugmented images, λ chosen on the
+  'valid' split (the paper's transfer protocol, feature_probe.py); its one
+  checkpoint is step 1.
+
   Returns top1/top5 over every example of the evaluation split and
   `num_examples`, also written to `<workdir>/results.json`.
   """
-  parallel.check_batch_divisible(config.training.global_batch_size)
+  if config.protocol not in PROTOCOLS:
+    raise ValueError(f'protocol={config.protocol!r}; use '
+                     '--config.protocol=augmented or precomputed')
+  precomputed = config.protocol == 'precomputed'
+  if precomputed and config.finetune:
+    raise ValueError('fine-tuning trains on augmented images; use '
+                     '--config.protocol=augmented with --config.finetune')
+  if not precomputed:
+    parallel.check_batch_divisible(config.training.global_batch_size)
   parallel.check_batch_divisible(config.eval.global_batch_size)
   data = dataset_kwargs(config.dataset)
   num_train = sources.num_examples(config.dataset.name,
                                    config.dataset.train_split, **data)
   num_classes = sources.dataset_spec(config.dataset.name, **data).num_classes
-  total_steps = run_length(config, num_train).total_steps
+  total_steps = 1 if precomputed else run_length(config, num_train).total_steps
   source = None
   if config.encoder_init == 'checkpoint':
     source = resolve_checkpoint(config.checkpoint)
@@ -307,38 +434,29 @@ def linear_evaluation(config: ml_collections.ConfigDict,
   state = linear_eval.init_state(config, num_classes)
   if source:
     state = linear_eval.load_pretrained_encoder(state, source)
-  state = restore_latest(state, os.path.join(workdir, 'checkpoints'))
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  state = restore_latest(state, checkpoint_dir)
   start_step = int(state.step)
   done = completed_results(workdir, start_step, total_steps)
   if done is not None:
-    print(f'linear evaluation already complete: top-1 {done["top1"]:.4f}',
-          flush=True)
+    print(f'linear evaluation already complete: top-1 {done["top1"]:.4f}, '
+          f'top-5 {done["top5"]:.4f}', flush=True)
     return done
   if jax.process_index() == 0:
+    what = ('logistic regression on precomputed features' if precomputed
+            else f'{total_steps} steps of {config.training.global_batch_size}')
     print(f'linear evaluation of {source or "a random encoder"} on '
-          f'{config.dataset.name}: {total_steps} steps of '
-          f'{config.training.global_batch_size}'
+          f'{config.dataset.name}: {what}'
           + (f', resuming at step {start_step}' if start_step else ''),
           flush=True)
-
-  size = config.dataset.image_size
-  batches = device_feed.prefetch_to_devices(pipelines.linear_train_batches(
-      config.dataset.name, split=config.dataset.train_split, **data,
-      **process_kwargs(), global_batch_size=config.training.global_batch_size,
-      image_size=size, seed=config.seed, start_step=start_step,
-      crop_area=(config.dataset.crop_area_min, config.dataset.crop_area_max),
-      crop_aspect=(config.dataset.crop_aspect_min,
-                   config.dataset.crop_aspect_max)))
-  train_step = jax.pmap(
-      linear_eval.make_train_step(config, num_classes, total_steps),
-      axis_name=linear_eval.AXIS_NAME, donate_argnums=0)
-  state, scalars = run_steps(
-      train_step, parallel.replicate(state), batches, config=config,
-      workdir=workdir, total_steps=total_steps,
-      images_per_step=config.training.global_batch_size,
-      metadata=dict(kind='linear_eval', config=config.to_dict(),
-                    topology=topology(),
-                    encoder=source or 'random'))
+  metadata = dict(kind='linear_eval', config=config.to_dict(),
+                  topology=topology(), encoder=source or 'random')
+  if precomputed:
+    state, scalars = _train_probe(config, state, num_classes, workdir,
+                                  metadata)
+  else:
+    state, scalars = _train_linear(config, state, num_classes, total_steps,
+                                   workdir, metadata)
 
   eval_step = jax.pmap(linear_eval.make_eval_step(config, num_classes),
                        axis_name=linear_eval.AXIS_NAME)
@@ -346,13 +464,66 @@ def linear_evaluation(config: ml_collections.ConfigDict,
       pipelines.eval_batches(
           config.dataset.name, config.dataset.eval_split, **data,
           **process_kwargs(), global_batch_size=config.eval.global_batch_size,
-          image_size=size, crop_fraction=config.dataset.eval_crop_fraction)))
+          image_size=config.dataset.image_size,
+          crop_fraction=config.dataset.eval_crop_fraction)))
   results = dict(test, split=config.dataset.eval_split,
-                 encoder=source or 'random', step=total_steps,
-                 train_loss=scalars.get('loss'),
+                 encoder=source or 'random', protocol=config.protocol,
+                 step=total_steps, train_loss=scalars.get('loss'),
                  train_top1=scalars.get('top1_accuracy'))
+  if precomputed:
+    results.update(l2=scalars.get('l2'), valid_top1=scalars.get('valid_top1'))
   if jax.process_index() == 0:
     print(f'{config.dataset.eval_split}: top-1 {test["top1"]:.4f}, top-5 '
           f'{test["top5"]:.4f} over {test["num_examples"]} images', flush=True)
-  finish(workdir, results, LINEAR_EVAL_PLOTS)
+  finish(workdir, results, PROBE_PLOTS if precomputed else LINEAR_EVAL_PLOTS)
   return results
+
+
+def _train_linear(config, state, num_classes, total_steps, workdir, metadata):
+  """The augmented protocol: SGD steps; returns (replicated state, metrics)."""
+  batches = device_feed.prefetch_to_devices(pipelines.linear_train_batches(
+      config.dataset.name, split=config.dataset.train_split,
+      **dataset_kwargs(config.dataset), **process_kwargs(),
+      global_batch_size=config.training.global_batch_size,
+      image_size=config.dataset.image_size, seed=config.seed,
+      start_step=int(state.step),
+      crop_area=(config.dataset.crop_area_min, config.dataset.crop_area_max),
+      crop_aspect=(config.dataset.crop_aspect_min,
+                   config.dataset.crop_aspect_max)))
+  train_step = jax.pmap(
+      linear_eval.make_train_step(config, num_classes, total_steps),
+      axis_name=linear_eval.AXIS_NAME, donate_argnums=0)
+  return run_steps(
+      train_step, parallel.replicate(state), batches, config=config,
+      workdir=workdir, total_steps=total_steps,
+      images_per_step=config.training.global_batch_size, metadata=metadata)
+
+
+def _train_probe(config, state, num_classes, workdir, metadata):
+  """The precomputed protocol; returns (replicated state, metrics).
+
+  A state already at step 1 (killed after its checkpoint) is only tested.
+  """
+  if int(state.step) >= 1:
+    return parallel.replicate(state), {}
+  replicated = parallel.replicate(state)
+  embed_step = jax.pmap(feature_probe.make_embed_fn(config.model),
+                        axis_name=AXIS_NAME)
+  encoder = metadata['encoder']
+  train, valid = (embed_split(embed_step, replicated, config, split, encoder,
+                              workdir) for split in ('train', 'valid'))
+  classifier, scalars = fit_probe(config, train, valid, num_classes, workdir)
+  params = dict(state.params)
+  params['classifier'] = classifier
+  state = state._replace(step=np.ones((), np.int32), params=params)
+  if jax.process_index() == 0:
+    checkpoint.save(os.path.join(workdir, 'checkpoints'), 1, state,
+                    dict(metadata, probe=scalars),
+                    keep=config.checkpointing.keep)
+    print(f'chosen l2 {scalars["l2"]:.2e}: valid top-1 '
+          f'{scalars["valid_top1"]:.4f}, train top-1 '
+          f'{scalars["train_top1"]:.4f}', flush=True)
+  multihost.barrier('linear probe checkpoint')
+  return parallel.replicate(state), dict(loss=scalars['train_loss'],
+                                         top1_accuracy=scalars['train_top1'],
+                                         **scalars)

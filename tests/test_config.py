@@ -32,7 +32,12 @@ def test_linear_eval_presets():
   assert config.optimizer.nesterov and config.optimizer.momentum == 0.9
   assert config.optimizer.base_learning_rate == 0.2
   assert config.training.num_epochs == 80.0
+  assert config.protocol == 'augmented'
+  # The paper's grid for its transfer protocol: 45 values, 1e-6 to 1e5.
+  assert (config.probe.num_l2, config.probe.l2_min, config.probe.l2_max) == (
+      45, 1e-6, 1e5)
   demo = linear_eval_configs.get_config('demo')
+  assert demo.protocol == 'precomputed'
   assert demo.model.encoder == byol_configs.get_config('demo').model.encoder
 
 

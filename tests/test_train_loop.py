@@ -10,6 +10,7 @@ although the last batch is ragged.
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,6 +228,40 @@ def test_linear_eval_counts_every_test_image_once(dirs, pretrained, tmp_path):
   assert results['top5'] >= results['top1']
   with open(tmp_path / 'results.json') as f:
     assert json.load(f)['num_examples'] == NUM_TEST
+
+
+def test_precomputed_protocol_picks_l2_on_valid_and_tests_every_image(
+    dirs, pretrained, tmp_path, capsys):
+  config = _linear_eval_config(dirs, checkpoint=pretrained['workdir'],
+                               protocol='precomputed')
+  config.probe.update(l2_max=1.0, l2_min=1e-4, num_l2=3, lbfgs_iterations=10)
+  results = train_loop.linear_evaluation(config, str(tmp_path))
+  assert results['num_examples'] == NUM_TEST
+  assert results['l2'] in (1.0, 1e-2, 1e-4)
+  assert results['protocol'] == 'precomputed'
+  rows = _rows(str(tmp_path))
+  assert [row['step'] for row in rows] == [1, 2, 3]
+  assert max(row['valid_top1'] for row in rows) == results['valid_top1']
+  assert os.path.exists(tmp_path / 'metrics.png')
+  # Killed after the classifier's checkpoint: a restart only tests it.
+  os.remove(tmp_path / 'results.json')
+  capsys.readouterr()
+  again = train_loop.linear_evaluation(config, str(tmp_path))
+  assert 'embedding' not in capsys.readouterr().out
+  assert again['top1'] == results['top1']
+  # Killed before it: the saved features are reused, not recomputed.
+  os.remove(tmp_path / 'results.json')
+  shutil.rmtree(tmp_path / 'checkpoints')
+  third = train_loop.linear_evaluation(config, str(tmp_path))
+  assert 'embedding' not in capsys.readouterr().out
+  assert third['top1'] == results['top1']
+
+
+def test_precomputed_protocol_refuses_finetuning(dirs, pretrained, tmp_path):
+  config = _linear_eval_config(dirs, checkpoint=pretrained['workdir'],
+                               protocol='precomputed', finetune=True)
+  with pytest.raises(ValueError, match='--config.protocol=augmented'):
+    train_loop.linear_evaluation(config, str(tmp_path))
 
 
 def test_random_encoder_baseline_is_a_config_switch(dirs, tmp_path):

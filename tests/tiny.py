@@ -20,7 +20,9 @@ def pretrain_config():
 
 
 def linear_eval_config():
+  """The demo's linear evaluation with the augmented protocol."""
   config = _shrink(linear_eval_configs.get_config('demo'))
+  config.protocol = 'augmented'
   config.training.global_batch_size = 16
   config.eval.global_batch_size = 12
   return config

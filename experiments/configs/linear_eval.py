@@ -45,6 +45,14 @@ def imagenet_config() -> ml_collections.ConfigDict:
       checkpoint='',  # Pretraining workdir, checkpoints/ folder or file.
       encoder_init='checkpoint',  # Or 'random': the untrained baseline.
       finetune=False,
+      # 'augmented': SGD on augmented images, as the reference on ImageNet.
+      # 'precomputed': embed each image once (centre crop) and fit an
+      # l2-regularised logistic regression with L-BFGS, l2 chosen on the
+      # 'valid' split from a log-spaced grid: the paper's transfer protocol.
+      protocol='augmented',
+      # The precomputed protocol's grid (the paper: 45 values, 1e-6 to 1e5)
+      # and L-BFGS iterations per value (warm-started from the previous).
+      probe=dict(l2_max=1e5, l2_min=1e-6, num_l2=45, lbfgs_iterations=100),
       dataset=dict(
           name='imagenet2012',
           data_dir='',
@@ -77,17 +85,23 @@ def imagenet_config() -> ml_collections.ConfigDict:
 def demo_config() -> ml_collections.ConfigDict:
   """Linear evaluation of the `demo` pretraining preset on Fashion-MNIST.
 
-  6 epochs of the frozen encoder's forward pass take about 4 minutes on 2
-  cores and give 73.3 % top-1 on the demo checkpoint (2 epochs: 71.5 %).
+  The paper's transfer protocol (precomputed features, L-BFGS logistic
+  regression, l2 chosen on the 'valid' split): about 1.5 minutes on 2 cores,
+  where 6 epochs of the augmented protocol took 4 minutes and gave 7 points
+  less (73.3 % against 80.2 % on the same checkpoint).
   """
   config = imagenet_config()
   pretrain = byol_configs.get_config('demo')
+  config.protocol = 'precomputed'
+  # Short pretraining leaves features that want little regularisation: the
+  # paper's grid's upper half (up to 1e5) only costs time here.
+  config.probe.update(l2_max=1e-2, l2_min=1e-6, num_l2=5)
   config.dataset.update(name='fashion_mnist', image_size=32,
                         eval_crop_fraction=1.0, crop_area_min=0.5)
   config.model.encoder = pretrain.model.encoder
   config.checkpoint = 'runs/demo/pretrain'
   config.training.update(global_batch_size=256, num_epochs=6.0)
-  config.logging.log_every_steps = 50
+  config.logging.log_every_steps = 10
   return config
 
 
