@@ -163,3 +163,21 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
       f'error: --workdir={workdir} is a file, not a folder; pass a new or '
       'existing folder')
   assert workdir.read_text() == 'not a folder'
+
+
+def test_unprepared_dataset_is_one_line_without_tfds_warnings(tmp_path):
+  data_dir = tmp_path / 'tfds'
+  data_dir.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.pretrain',
+       f'--workdir={tmp_path / "run"}',
+       '--config=experiments/configs/byol.py:demo',
+       '--config.dataset.name=cifar10', f'--config.dataset.data_dir={data_dir}'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  # TFDS warns 'Variant folder ... has no dataset_info.json' unless hushed.
+  assert result.stderr.strip() == (
+      f'error: cifar10 is not prepared in {data_dir}: run `tfds build cifar10 '
+      f'--data_dir={data_dir}` on a machine with internet, then copy its '
+      f'cifar10/ directory into {data_dir}/.'), result.stderr
+  assert not (tmp_path / 'run').exists()
