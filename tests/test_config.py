@@ -1,12 +1,18 @@
 """Configs: presets, command-line overrides, and one-line errors."""
 
+import glob
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from byol_jax.data import sources
 from experiments.configs import byol as byol_configs
 from experiments.configs import linear_eval as linear_eval_configs
+from tests import tiny
+from tests.test_data_fashion_mnist import write_fashion_mnist
 
 REFERENCE_PRESETS = {'40ep': (0.45, 1e-6, 0.97), '100ep': (0.45, 1e-6, 0.99),
                      '300ep': (0.3, 1e-6, 0.99), '1000ep': (0.2, 1.5e-6, 0.996)}
@@ -184,3 +190,33 @@ def test_unprepared_dataset_is_one_line_without_tfds_warnings(tmp_path):
       f'--data_dir={data_dir}` on a machine with internet, then copy its '
       f'cifar10/ directory into {data_dir}/.'), result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_corrupt_prepared_dataset_is_one_line_and_leaves_no_files(tmp_path):
+  source, data_dir = tmp_path / 'source', tmp_path / 'tfds'
+  write_fashion_mnist(str(source), num_train=64, num_test=10)
+  sources.dataset_spec('fashion_mnist', str(data_dir),
+                       fashion_mnist_dir=str(source))  # prepares it
+  # Damage records in the middle: TFDS's reader raises DataLossError at the
+  # first batch, after the run has started.
+  for path in glob.glob(str(data_dir / 'fashion_mnist' / '*' /
+                            'fashion_mnist-train.tfrecord-*')):
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 3:len(data) // 3 + 64] = bytes(64)
+    with open(path, 'wb') as f:
+      f.write(data)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.pretrain', *tiny.pretrain_flags(
+          data_dir=data_dir, fashion_mnist_dir=source, workdir=workdir,
+          total_steps=3)],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert re.fullmatch(
+      r"error: a prepared dataset file is corrupt \(corrupted record at \d+\); "
+      r"delete that dataset's folder in the TFDS data_dir and prepare it "
+      r"again", lines[0]), lines[0]
+  assert not os.listdir(workdir)  # no metrics, events or checkpoints
