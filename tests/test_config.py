@@ -181,7 +181,8 @@ def test_unprepared_dataset_is_one_line_without_tfds_warnings(tmp_path):
       [sys.executable, '-m', 'experiments.pretrain',
        f'--workdir={tmp_path / "run"}',
        '--config=experiments/configs/byol.py:demo',
-       '--config.dataset.name=cifar10', f'--config.dataset.data_dir={data_dir}'],
+       '--config.dataset.name=cifar10',
+       f'--config.dataset.data_dir={data_dir}'],
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   # TFDS warns 'Variant folder ... has no dataset_info.json' unless hushed.
