@@ -161,10 +161,12 @@ def load_arrays(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     metadata = json.loads(str(arrays.pop(_METADATA_KEY)))
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
           tf_errors.OpError) as e:
+    # Not numpy's words: they suggest allow_pickle=True, which would let the
+    # file run code. The cause stays chained for a traceback.
     raise CheckpointError(
-        f'checkpoint {path} is corrupt or not a byol_jax checkpoint '
-        f'({type(e).__name__}: {e}); delete it to fall back to the previous '
-        'one') from e
+        f'checkpoint {path} is corrupt or not a byol_jax checkpoint; delete '
+        'it to resume from the previous checkpoint, or point '
+        '--config.checkpoint (or --config.init_from) at another one') from e
   return arrays, metadata
 
 

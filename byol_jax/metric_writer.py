@@ -14,20 +14,26 @@ import tensorflow as tf
 
 
 class MetricWriter:
-  """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard events."""
+  """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard events.
+
+  Nothing is created before the first `write`: a run that fails before its
+  first logged step (bad data, say) leaves its workdir as it was.
+  """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._enabled = enabled
+    self._workdir = workdir
     self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
-    if enabled:
-      tf.io.gfile.makedirs(workdir)
-      self._summary = tf.summary.create_file_writer(
-          os.path.join(workdir, 'tensorboard'))
+    self._summary = None  # the TensorBoard writer, made by the first write
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Records `scalars` (name → number) at `step`."""
     if not self._enabled:
       return
+    if self._summary is None:
+      tf.io.gfile.makedirs(self._workdir)
+      self._summary = tf.summary.create_file_writer(
+          os.path.join(self._workdir, 'tensorboard'))
     row = {'step': int(step)}
     row.update({name: float(value) for name, value in scalars.items()})
     with tf.io.gfile.GFile(self.jsonl_path, 'a') as f:
@@ -38,7 +44,7 @@ class MetricWriter:
     self._summary.flush()
 
   def close(self) -> None:
-    if self._enabled:
+    if self._summary is not None:
       self._summary.close()
 
 

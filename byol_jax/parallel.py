@@ -28,23 +28,30 @@ def device_sharding(
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
 
 
-def check_batch_divisible(global_batch_size: int) -> int:
+def check_batch_divisible(global_batch_size: int,
+                          num_devices: int | None = None, *,
+                          flag: str = 'training.global_batch_size') -> int:
   """Returns the per-device batch, or raises a one-line ValueError.
+
+  The one check of a batch's size: the training loops and the host
+  pipelines (which pass `num_devices`) all call it.
 
   Args:
     global_batch_size: images per step summed over all devices of all hosts.
+    num_devices: devices of all processes together; defaults to
+      `jax.device_count()`.
+    flag: the config field that sets the batch, named in the message.
   """
-  devices = jax.device_count()
+  devices = jax.device_count() if num_devices is None else num_devices
   if global_batch_size <= 0:
     raise ValueError(
         f'global batch size {global_batch_size} must be positive; set '
-        f'--config.training.global_batch_size to a multiple of {devices}')
+        f'--config.{flag} to a multiple of {devices}')
   per_device, remainder = divmod(global_batch_size, devices)
   if remainder:
     raise ValueError(
         f'global batch size {global_batch_size} does not divide across '
-        f'{devices} devices; set --config.training.global_batch_size to a '
-        f'multiple of {devices}')
+        f'{devices} devices; set --config.{flag} to a multiple of {devices}')
   return per_device
 
 

@@ -205,6 +205,7 @@ def finish(workdir: str, results: dict[str, Any], plots: tuple[str, ...]):
   """Writes results.json and metrics.png (process 0 only)."""
   if jax.process_index() != 0:
     return
+  gfile.makedirs(workdir)  # a run of no steps has not made it yet
   jsonl = os.path.join(workdir, 'metrics.jsonl')
   if gfile.exists(jsonl):
     metric_writer.plot_metrics(jsonl, os.path.join(workdir, 'metrics.png'),

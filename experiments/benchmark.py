@@ -21,6 +21,7 @@ views from JPEGs it generates, and the demo dataset. Writes everything as
 JSON to `--output`.
 """
 
+import importlib.util
 import json
 import os
 import resource
@@ -63,9 +64,12 @@ def _config(name: str):
     config.dataset.image_size = setting['size']
     config.training.global_batch_size = setting['batch']
     return config
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   path, _, preset = name.partition(':')
-  module = config_flags.config_flags._LoadConfigModule('benchmarked', path)  # pylint: disable=protected-access
+  # The file as a module of its own, as --config of the entry points loads it.
+  spec = importlib.util.spec_from_file_location('benchmarked', path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
   return module.get_config(preset) if preset else module.get_config()
 
 

@@ -75,8 +75,11 @@ def _one_line(error: Exception, argv: list[str]) -> str:
             (f'; did you mean "{hint.group(1)}"?' if hint else
              '; see the config file for the valid keys'))
   lines = [line.strip() for line in text.splitlines() if line.strip()]
-  # A config file that raised: its last traceback line is the message.
-  return lines[-1] if 'Traceback' in text else lines[0]
+  if 'Traceback' not in text:
+    return lines[0]
+  # A config file that raised: its last traceback line is the message, after
+  # the exception's type (`ValueError: unknown preset ...`).
+  return re.sub(r'^[\w.]+: ', '', lines[-1])
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -2,6 +2,7 @@
 running a job with one-line errors."""
 
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -79,10 +80,13 @@ def run(job: Callable[[Any, str], Any], config: Any) -> None:
     sys.exit(2)
   except tf.errors.DataLossError as e:
     # Raised while reading, from inside tf.data: a damaged prepared dataset.
-    print(f'error: a prepared dataset file is corrupt ('
-          f'{e.message.splitlines()[0]}); delete that dataset\'s folder in '
-          'the TFDS data_dir and prepare it again', file=sys.stderr,
-          flush=True)
+    # TF wraps its own words in the op's names: `{{function_node ...}}
+    # corrupted record at 2721 [Op:IteratorGetNext] name: `.
+    reason = re.sub(r'\{\{.*?\}\}|\[Op:.*', '',
+                    e.message.splitlines()[0]).strip()
+    print(f'error: a prepared dataset file is corrupt ({reason}); delete that '
+          'dataset\'s folder in the TFDS data_dir and prepare it again',
+          file=sys.stderr, flush=True)
     sys.exit(2)
   except preemption.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr, flush=True)

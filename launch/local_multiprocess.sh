@@ -3,17 +3,30 @@
 # jax.distributed (CPU collectives over localhost): a multi-host run in
 # miniature, for tests and for trying multi-host changes without a cluster.
 #
+# Usage:
 #   launch/local_multiprocess.sh [--dry-run] [--processes N] [--devices M]
-#       [--port P] [--logdir DIR] [--module experiments.pretrain] -- ARGS...
+#       [--port P] [--logdir DIR] [--module experiments.pretrain]
+#       [-h|--help] -- ARGS...
+#
+#   --processes N    JAX processes to start (default 2)
+#   --devices M      simulated CPU devices per process (default 2)
+#   --port P         the coordinator's port (default: a free one)
+#   --logdir DIR     where process_<i>.log go (default
+#                    local_multiprocess_logs/ in the current folder)
+#   --module MODULE  entry point (default experiments.pretrain)
+#   --dry-run        print the commands, one per line, and run nothing
+#   -h, --help       print this help and exit
 #
 # ARGS go unchanged to every process (e.g. --workdir=... --config=...);
 # each also gets --coordinator_address, --num_processes and --process_id.
-# Process i writes its output to DIR/process_<i>.log (default: the current
-# folder's local_multiprocess_logs/); process 0's is also shown here.
-# SIGTERM/SIGINT are passed on to every process (they checkpoint and exit
-# 75). Exits with the first non-zero status of the processes, else 0; after
-# a crash the other processes are killed rather than left waiting.
-# --dry-run prints the commands, one per line, and runs nothing.
+# Process 0's log is also shown here. PY chooses the Python (default
+# python3). SIGTERM/SIGINT are passed on to every process (they checkpoint
+# and exit 75). Exits with the first non-zero status of the processes, else
+# 0; after a crash the other processes are killed rather than left waiting.
+#
+# Example:
+#   launch/local_multiprocess.sh --processes 2 --devices 2 -- \
+#       --workdir=runs/local_2x2 --config=experiments/configs/byol.py:demo
 set -euo pipefail
 
 processes=2
@@ -25,8 +38,12 @@ dry_run=0
 python="${PY:-python3}"
 
 die() { echo "error: $*" >&2; exit 2; }
+usage() {  # the comment block at the top of this file, without its '#'
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+}
 while [ $# -gt 0 ]; do
   case "$1" in
+    -h|--help) usage; exit 0 ;;
     --dry-run) dry_run=1; shift ;;
     --processes) processes="${2:?--processes needs a value}"; shift 2 ;;
     --devices) devices="${2:?--devices needs a value}"; shift 2 ;;

@@ -2,13 +2,29 @@
 # Submits launch/slurm_gpu.sbatch: BYOL on NODES GPU nodes, one JAX process
 # per node.
 #
+# Usage:
 #   launch/slurm_gpu.sh --nodes N [--gpus-per-node G] [--partition P]
 #       [--time HH:MM:SS] [--account A] [--module experiments.pretrain]
-#       [--dry-run] -- ARGS...
+#       [--dry-run] [-h|--help] -- ARGS...
+#
+#   --nodes N            nodes (= JAX processes) to run on
+#   --gpus-per-node G    GPUs each node drives (default 8)
+#   --partition P        SLURM partition (default: the cluster's)
+#   --time HH:MM:SS      time limit; the job requeues itself and resumes
+#   --account A          SLURM account to charge
+#   --module MODULE      entry point (default experiments.pretrain)
+#   --dry-run            print the sbatch command and the srun command the
+#                        job will run, and submit nothing
+#   -h, --help           print this help and exit
 #
 # ARGS go unchanged to the entry point on every node (sbatch hands them to
-# the script as they are, so spaces survive). --dry-run prints the sbatch
-# command and the srun command the job will run, and submits nothing.
+# the script as they are, so spaces survive). The workdir must be on a file
+# system all nodes share.
+#
+# Example:
+#   launch/slurm_gpu.sh --nodes 4 --partition gpu --time 24:00:00 -- \
+#       --workdir=/shared/runs/byol_1000ep \
+#       --config=experiments/configs/byol.py:1000ep
 set -euo pipefail
 
 nodes="" gpus=8 partition="" time_limit="" account="" dry_run=0
@@ -16,8 +32,12 @@ module="experiments.pretrain"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
+usage() {  # the comment block at the top of this file, without its '#'
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+}
 while [ $# -gt 0 ]; do
   case "$1" in
+    -h|--help) usage; exit 0 ;;
     --nodes) nodes="${2:?--nodes needs a value}"; shift 2 ;;
     --gpus-per-node) gpus="${2:?--gpus-per-node needs a value}"; shift 2 ;;
     --partition) partition="${2:?--partition needs a value}"; shift 2 ;;

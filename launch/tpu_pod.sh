@@ -3,16 +3,35 @@
 # this checkout to every worker and install it, run the same command on all
 # workers (`--worker=all`; their output streams here), optionally delete it.
 #
+# Usage:
 #   launch/tpu_pod.sh --name NAME --zone ZONE --accelerator-type TYPE
 #       [--version RUNTIME] [--project PROJECT] [--spot] [--no-create]
-#       [--delete] [--module experiments.pretrain] [--dry-run] -- ARGS...
+#       [--delete] [--module experiments.pretrain] [--dry-run] [-h|--help]
+#       -- ARGS...
 #
-# ARGS go unchanged to `python3 -m MODULE` on every worker, e.g.
-#   -- --workdir=gs://BUCKET/byol_1000ep --config=experiments/configs/byol.py:1000ep
-# The workdir must be on storage all workers share (gs://). Each worker
-# joins jax.distributed by itself (experiments/entry.py detects the TPU VM).
+#   --name NAME              the TPU VM's name
+#   --zone ZONE              e.g. us-central2-b
+#   --accelerator-type TYPE  e.g. v4-256 (32 workers)
+#   --version RUNTIME        TPU software version (default tpu-ubuntu2204-base)
+#   --project PROJECT        Google Cloud project (default: gcloud's)
+#   --spot                   create a Spot (preemptible) slice
+#   --no-create              use an existing slice of that name
+#   --delete                 delete the slice when the run ends
+#   --module MODULE          entry point (default experiments.pretrain)
+#   --dry-run                print every command (shell-quoted, ready to
+#                            paste) and run none
+#   -h, --help               print this help and exit
+#
+# ARGS go unchanged to `python3 -m MODULE` on every worker. The workdir must
+# be on storage all workers share (gs://). Each worker joins jax.distributed
+# by itself (experiments/entry.py detects the TPU VM).
 # Exit status: the run's (75: preempted after a checkpoint; run again).
-# --dry-run prints every command (shell-quoted, ready to paste), runs none.
+#
+# Example:
+#   launch/tpu_pod.sh --name byol --zone us-central2-b \
+#       --accelerator-type v4-256 --spot --delete -- \
+#       --workdir=gs://BUCKET/byol_1000ep \
+#       --config=experiments/configs/byol.py:1000ep
 set -euo pipefail
 
 name="" zone="" type="" project="" spot=0 create=1 delete=0 dry_run=0
@@ -21,8 +40,12 @@ module="experiments.pretrain"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
+usage() {  # the comment block at the top of this file, without its '#'
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+}
 while [ $# -gt 0 ]; do
   case "$1" in
+    -h|--help) usage; exit 0 ;;
     --name) name="${2:?--name needs a value}"; shift 2 ;;
     --zone) zone="${2:?--zone needs a value}"; shift 2 ;;
     --accelerator-type) type="${2:?--accelerator-type needs a value}"; shift 2 ;;

@@ -1,6 +1,7 @@
 """Atomic npz checkpoints: round trip, retention, and clear errors."""
 
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -40,13 +41,28 @@ def test_keeps_the_newest_and_ignores_temporary_files(tmp_path):
       'checkpoint_000000001')]
 
 
-def test_corrupt_file_is_a_clear_error(tmp_path):
-  path = checkpoint.save(str(tmp_path), 1, _tree(), {}, keep=1)
+def _truncate(path):
   data = open(path, 'rb').read()
   with open(path, 'wb') as f:
     f.write(data[:len(data) // 2])
-  with pytest.raises(checkpoint.CheckpointError, match='corrupt'):
+
+
+@pytest.mark.parametrize('damage', [
+    _truncate,
+    lambda path: pathlib.Path(path).write_text('not a zip file'),
+    # Object arrays need pickle; numpy's error suggests allow_pickle=True.
+    lambda path: np.savez(path, a=np.array([{}], dtype=object)),
+    lambda path: np.savez(path, a=np.zeros(3)),  # no metadata
+], ids=['truncated', 'not_zip', 'pickled', 'no_metadata'])
+def test_corrupt_file_is_a_clear_error(tmp_path, damage):
+  path = checkpoint.save(str(tmp_path), 1, _tree(), {}, keep=1)
+  damage(path)
+  with pytest.raises(checkpoint.CheckpointError) as error:
     checkpoint.load_arrays(path)
+  assert str(error.value) == (
+      f'checkpoint {path} is corrupt or not a byol_jax checkpoint; delete it '
+      'to resume from the previous checkpoint, or point --config.checkpoint '
+      '(or --config.init_from) at another one')
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

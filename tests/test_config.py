@@ -1,12 +1,18 @@
 """Configs: presets, command-line overrides, and one-line errors."""
 
+import glob
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from byol_jax.data import sources
 from experiments.configs import byol as byol_configs
 from experiments.configs import linear_eval as linear_eval_configs
+from tests import tiny
+from tests.test_data_fashion_mnist import write_fashion_mnist
 
 REFERENCE_PRESETS = {'40ep': (0.45, 1e-6, 0.97), '100ep': (0.45, 1e-6, 0.99),
                      '300ep': (0.3, 1e-6, 0.99), '1000ep': (0.2, 1.5e-6, 0.996)}
@@ -88,11 +94,14 @@ def test_bad_override_fails_with_one_line_before_any_work(config_flag, flag,
   assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-def test_unknown_preset_fails_with_one_line():
-  result = _run_pretrain('--config=experiments/configs/byol.py:30ep')
+@pytest.mark.parametrize('preset', ['30ep', 'nonsense'])
+def test_unknown_preset_fails_with_one_line(preset):
+  result = _run_pretrain(f'--config=experiments/configs/byol.py:{preset}')
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and "unknown preset '30ep'" in lines[0], result.stderr
+  # Our own words, without the config file's `ValueError:` prefix.
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: unknown preset '{preset}'; choose one of"), result.stderr
 
 
 @pytest.mark.parametrize('preset,depth,width,zero_init', [
@@ -163,3 +172,52 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
       f'error: --workdir={workdir} is a file, not a folder; pass a new or '
       'existing folder')
   assert workdir.read_text() == 'not a folder'
+
+
+def test_unprepared_dataset_is_one_line_without_tfds_warnings(tmp_path):
+  data_dir = tmp_path / 'tfds'
+  data_dir.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.pretrain',
+       f'--workdir={tmp_path / "run"}',
+       '--config=experiments/configs/byol.py:demo',
+       '--config.dataset.name=cifar10',
+       f'--config.dataset.data_dir={data_dir}'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  # TFDS warns 'Variant folder ... has no dataset_info.json' unless hushed.
+  assert result.stderr.strip() == (
+      f'error: cifar10 is not prepared in {data_dir}: run `tfds build cifar10 '
+      f'--data_dir={data_dir}` on a machine with internet, then copy its '
+      f'cifar10/ directory into {data_dir}/.'), result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_corrupt_prepared_dataset_is_one_line_and_leaves_no_files(tmp_path):
+  source, data_dir = tmp_path / 'source', tmp_path / 'tfds'
+  write_fashion_mnist(str(source), num_train=64, num_test=10)
+  sources.dataset_spec('fashion_mnist', str(data_dir),
+                       fashion_mnist_dir=str(source))  # prepares it
+  # Damage records in the middle: TFDS's reader raises DataLossError at the
+  # first batch, after the run has started.
+  for path in glob.glob(str(data_dir / 'fashion_mnist' / '*' /
+                            'fashion_mnist-train.tfrecord-*')):
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 3:len(data) // 3 + 64] = bytes(64)
+    with open(path, 'wb') as f:
+      f.write(data)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.pretrain', *tiny.pretrain_flags(
+          data_dir=data_dir, fashion_mnist_dir=source, workdir=workdir,
+          total_steps=3)],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert re.fullmatch(
+      r"error: a prepared dataset file is corrupt \(corrupted record at \d+\); "
+      r"delete that dataset's folder in the TFDS data_dir and prepare it "
+      r"again", lines[0]), lines[0]
+  assert not os.listdir(workdir)  # no metrics, events or checkpoints

@@ -1,10 +1,12 @@
 """Device-shaped batches: shapes, per-image crops, exact resume, exact eval."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
 
+from byol_jax import parallel
 from byol_jax.data import pipelines
 from byol_jax.data import sources
 from tests.test_data_fashion_mnist import NUM_TEST, NUM_TRAIN, write_fashion_mnist
@@ -110,12 +112,32 @@ def test_processes_train_on_disjoint_shards(dirs):
   assert shards[0] | shards[1] == set(range(NUM_TEST))
 
 
-def test_non_divisible_batch_is_a_value_error(dirs):
-  with pytest.raises(ValueError, match='global batch 6 is not divisible by 4 '
-                     'devices; choose a multiple of 4'):
-    pipelines.pretrain_batches(
-        'fashion_mnist', **dirs[0], global_batch_size=6, num_local_devices=2,
-        process_index=0, process_count=2, image_size=SIZE, seed=0)
+@pytest.mark.parametrize('batch, message', [
+    (6, 'global batch size 6 does not divide across 4 devices; set '
+        '--config.{flag} to a multiple of 4'),
+    (0, 'global batch size 0 must be positive; set --config.{flag} to a '
+        'multiple of 4'),
+    (-4, 'global batch size -4 must be positive; set --config.{flag} to a '
+         'multiple of 4'),
+], ids=['not_divisible', 'zero', 'negative'])
+@pytest.mark.parametrize('pipeline, kwargs, flag', [
+    (pipelines.pretrain_batches, dict(seed=0), 'training.global_batch_size'),
+    (pipelines.linear_train_batches, dict(seed=0),
+     'training.global_batch_size'),
+    (pipelines.eval_batches, dict(split='test', crop_fraction=1.0),
+     'eval.global_batch_size'),
+])
+def test_bad_batch_is_the_training_loops_value_error(dirs, pipeline, kwargs,
+                                                     flag, batch, message):
+  # 2 processes of 2 devices: the check counts the devices of all processes.
+  with pytest.raises(ValueError) as error:
+    pipeline('fashion_mnist', **dirs[0], global_batch_size=batch,
+             num_local_devices=2, process_index=0, process_count=2,
+             image_size=SIZE, **kwargs)
+  assert str(error.value) == message.format(flag=flag)
+  # One check: the same words as the training loops' (parallel).
+  with pytest.raises(ValueError, match=f'^{re.escape(str(error.value))}$'):
+    parallel.check_batch_divisible(batch, 4, flag=flag)
 
 
 def test_linear_train_batches_flip_and_resume(dirs):

@@ -1,4 +1,4 @@
-"""The launchers' --dry-run output: workers, pass-through and quoting.
+"""The launchers' --dry-run output (workers, pass-through, quoting) and --help.
 
 Each printed line must be a command that a shell runs as intended: parsing
 it with POSIX shell rules (shlex) has to give back every argument the user
@@ -8,6 +8,7 @@ gave, spaces and quotes included.
 import os
 import re
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -116,3 +117,49 @@ def test_bad_launcher_options_fail_with_one_line(script, options):
   assert result.stderr.startswith('error: ')
   assert len(result.stderr.strip().splitlines()) == 1
   assert not result.stdout
+
+
+def _parsed_options(script):
+  """The options a launcher's `case` statement accepts, e.g. '--nodes'."""
+  with open(os.path.join(REPO, 'launch', script)) as f:
+    patterns = re.findall(r'^\s+((?:-[-\w]+\|?)+)\)', f.read(), re.MULTILINE)
+  return [option for pattern in patterns for option in pattern.split('|')]
+
+
+@pytest.mark.parametrize('script, options', [
+    ('local_multiprocess.sh', ('--processes', '2')),
+    ('tpu_pod.sh', ('--name', 'n', '--zone', 'z', '--accelerator-type',
+                    'v4-8')),
+    ('slurm_gpu.sh', ('--nodes', '4')),
+    ('demo.sh', ()),
+])
+@pytest.mark.parametrize('help_flag', ['--help', '-h'])
+def test_help_prints_usage_and_does_nothing_else(tmp_path, script, options,
+                                                 help_flag):
+  # demo.sh runs from a copy, so that its set-up is a stub; every command a
+  # launcher could run is a stub too. Each stub leaves a file if called.
+  launch = tmp_path / 'checkout' / 'launch'
+  launch.mkdir(parents=True)
+  shutil.copy(os.path.join(REPO, 'launch', script), launch)
+  stubs = tmp_path / 'bin'
+  stubs.mkdir()
+  for name in ('setup_env.sh', 'gcloud', 'sbatch', 'srun', 'python3', 'tar'):
+    stub = (launch if name == 'setup_env.sh' else stubs) / name
+    stub.write_text(f'#!/bin/sh\ntouch "{tmp_path}/called_{name}"\n')
+    stub.chmod(0o755)
+  work = tmp_path / 'work'
+  work.mkdir()
+  result = subprocess.run(
+      ['bash', str(launch / script), *options, help_flag, '--', *ARGS],
+      capture_output=True, text=True, timeout=60, cwd=work,
+      env=dict(os.environ, PATH=f'{stubs}:{os.environ["PATH"]}'))
+  assert result.returncode == 0, result.stderr
+  assert not result.stderr
+  assert 'Usage:' in result.stdout and 'Example:' in result.stdout
+  assert f'launch/{script}' in result.stdout
+  parsed = _parsed_options(script)
+  assert '--help' in parsed and '-h' in parsed
+  for option in parsed:
+    assert option in result.stdout, option
+  assert sorted(os.listdir(tmp_path)) == ['bin', 'checkout', 'work']
+  assert not os.listdir(work)

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from byol_jax import parallel
 from byol_jax.data import crops
 from byol_jax.data import sources
 
@@ -34,17 +35,6 @@ DEFAULT_SHUFFLE_WINDOW = 50_000
 # Shards whose decoded images take at most this many bytes are cached in
 # host memory after the first epoch (Fashion-MNIST: 141 MB, CIFAR: 154 MB).
 _IN_MEMORY_BYTES = 1 << 30
-
-
-def per_device_batch_size(global_batch_size: int, num_local_devices: int,
-                          process_count: int) -> int:
-  """Examples per device; raises ValueError unless the batch splits evenly."""
-  num_devices = num_local_devices * process_count
-  if global_batch_size % num_devices or global_batch_size <= 0:
-    raise ValueError(f'global batch {global_batch_size} is not divisible by '
-                     f'{num_devices} devices; choose a multiple of '
-                     f'{num_devices}')
-  return global_batch_size // num_devices
 
 
 def _fold_in(key: tf.Tensor, data) -> tf.Tensor:
@@ -177,8 +167,8 @@ def pretrain_batches(
     ValueError: global_batch_size does not split evenly over the devices.
     DatasetError: see sources.get_builder.
   """
-  per_device = per_device_batch_size(global_batch_size, num_local_devices,
-                                     process_count)
+  per_device = parallel.check_batch_divisible(
+      global_batch_size, num_local_devices * process_count)
   ds = _train_stream(
       name, split, data_dir=data_dir, fashion_mnist_dir=fashion_mnist_dir,
       process_index=process_index, process_count=process_count, seed=seed,
@@ -215,8 +205,8 @@ def linear_train_batches(
     images: uint8[D, per_device, S, S, 3]; labels: int32[D, per_device];
     mask: bool[D, per_device], all True (the same keys as eval batches).
   """
-  per_device = per_device_batch_size(global_batch_size, num_local_devices,
-                                     process_count)
+  per_device = parallel.check_batch_divisible(
+      global_batch_size, num_local_devices * process_count)
   ds = _train_stream(
       name, split, data_dir=data_dir, fashion_mnist_dir=fashion_mnist_dir,
       process_index=process_index, process_count=process_count, seed=seed,
@@ -269,8 +259,9 @@ def eval_batches(
     end has zero images and labels and mask False, so summing over masked
     entries counts every example of the split exactly once.
   """
-  per_device = per_device_batch_size(global_batch_size, num_local_devices,
-                                     process_count)
+  per_device = parallel.check_batch_divisible(
+      global_batch_size, num_local_devices * process_count,
+      flag='eval.global_batch_size')
   ds = sources.load_split(
       name, split, data_dir, fashion_mnist_dir=fashion_mnist_dir,
       process_index=process_index, process_count=process_count,

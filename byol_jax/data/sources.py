@@ -20,10 +20,12 @@ it; process i reads only range i, as absolute example indices, so no process
 reads data that it then throws away.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+import contextlib
 import os
 from typing import NamedTuple
 
+from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -110,6 +112,25 @@ def _not_prepared_message(builder: tfds.core.DatasetBuilder) -> str:
           f'into {data_dir}/.')
 
 
+@contextlib.contextmanager
+def _without_tfds_warnings() -> Iterator[None]:
+  """Hides TFDS's warnings (absl logging) unless INFO or more is asked for.
+
+  Looking up a dataset that is not prepared makes TFDS warn, e.g. `Variant
+  folder .../cifar10/3.0.2 has no dataset_info.json`, before our DatasetError
+  says the same thing with the command that fixes it.
+  """
+  verbosity = logging.get_verbosity()
+  if verbosity > logging.WARNING:  # --verbosity=0 or more: show everything
+    yield
+    return
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 def get_builder(name: str, data_dir: str | None, *,
                 fashion_mnist_dir: str) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder for `name` ('name' or 'name:version').
@@ -127,14 +148,16 @@ def get_builder(name: str, data_dir: str | None, *,
   data_dir = data_dir or os.path.expanduser(tfds.core.constants.DATA_DIR)
   if name.split(':')[0] == 'fashion_mnist':
     fashion_mnist.prepare_fashion_mnist(data_dir, fashion_mnist_dir)
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DatasetError(
-        f'no dataset {name!r} in {data_dir} and TFDS knows no builder of that '
-        f'name: check the name, or put its prepared {name}/ directory in '
-        f'{data_dir}/.') from None
-  if not builder.is_prepared():
+  with _without_tfds_warnings():
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise DatasetError(
+          f'no dataset {name!r} in {data_dir} and TFDS knows no builder of '
+          f'that name: check the name, or put its prepared {name}/ directory '
+          f'in {data_dir}/.') from None
+    prepared = builder.is_prepared()
+  if not prepared:
     raise DatasetError(_not_prepared_message(builder))
   return builder
 
