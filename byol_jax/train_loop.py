@@ -419,7 +419,8 @@ def linear_evaluation(config: ml_collections.ConfigDict,
                      '--config.protocol=augmented with --config.finetune')
   if not precomputed:
     parallel.check_batch_divisible(config.training.global_batch_size)
-  parallel.check_batch_divisible(config.eval.global_batch_size)
+  parallel.check_batch_divisible(config.eval.global_batch_size,
+                                 flag='eval.global_batch_size')
   data = dataset_kwargs(config.dataset)
   num_train = sources.num_examples(config.dataset.name,
                                    config.dataset.train_split, **data)

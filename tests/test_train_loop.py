@@ -271,6 +271,13 @@ def test_random_encoder_baseline_is_a_config_switch(dirs, tmp_path):
   assert results['num_examples'] == NUM_TEST
 
 
+def test_eval_batch_that_does_not_divide_names_its_own_flag(dirs, tmp_path):
+  config = _linear_eval_config(dirs, checkpoint='')
+  config.eval.global_batch_size = 6
+  with pytest.raises(ValueError, match='--config.eval.global_batch_size'):
+    train_loop.linear_evaluation(config, str(tmp_path))
+
+
 def test_linear_eval_of_missing_checkpoint_is_a_clear_error(dirs, tmp_path):
   config = _linear_eval_config(dirs, checkpoint=str(tmp_path / 'nothing'))
   with pytest.raises(checkpoint.CheckpointError, match='no checkpoint at'):
