@@ -141,18 +141,26 @@ def demo_config() -> ml_collections.ConfigDict:
   fast (byol_jax/conv.py), and the embedding has 512 dimensions. Measured
   side by side, this runs 1.4x faster than a 0.25-wide ResNet-18 with the
   small-image stem (16 channels on 32x32 maps, a 128-d embedding).
+
+  Tuned for a run of minutes, each change measured with the precomputed
+  linear evaluation after 1 epoch (80.3 % top-1 before): random crops of
+  at least 30 % of the image rather than 8 % (28-px garments lose their
+  shape in smaller ones; 25 %: 81.6 %, 40 %: 81.5 %); base lr 2 and
+  τ_base 0.97, as the paper lowers τ for shorter runs (81.8 %; lr 4:
+  80.3 %). Halving the width for twice the epochs lost (77.6 %).
   """
-  config = imagenet_config(epochs=1, base_lr=1.0, weight_decay=1e-6,
-                           base_ema=0.99)
+  config = imagenet_config(epochs=1, base_lr=2.0, weight_decay=1e-6,
+                           base_ema=0.97)
   config.dataset.name = 'fashion_mnist'
   config.dataset.image_size = 32
+  config.dataset.crop_area_min = 0.3
   config.model.encoder.update(depth=18, width_multiplier=1.0,
                               small_image_stem=False)
   config.model.projector_hidden_size = 1024
   config.model.predictor_hidden_size = 1024
   config.model.projector_output_size = 128
   config.optimizer.warmup_epochs = 0.1
-  config.training.update(global_batch_size=128, num_epochs=1.0)
+  config.training.update(global_batch_size=128, num_epochs=1.8)
   config.logging.log_every_steps = 20
   config.checkpointing.update(every_steps=100, every_secs=120.0, keep=2)
   return config
