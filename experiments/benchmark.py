@@ -15,8 +15,9 @@ time, initialisation time and peak memory are its own. Reports compile and
 init time, steady-state s/step (median, min, max), images/s, XLA's FLOP count
 of the step, the achieved GFLOP/s, this machine's f32 matmul peak measured in
 the same run and the fraction of it reached, the peak resident memory of the
-process next to the size of the train state, and the time share of the
-augmentations. `--pipeline` adds the host input pipeline alone: two 224-px
+process next to the size of the train state, XLA's memory analysis of the
+step (scratch for activations, donated and peak bytes), and the time share
+of the augmentations. `--pipeline` adds the host input pipeline alone: two 224-px
 views from JPEGs it generates, and the demo dataset. Writes everything as
 JSON to `--output`.
 """
@@ -140,6 +141,7 @@ def measure_step(name: str, steps: int) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.0)) if cost else 0.0
+  memory = _step_memory(compiled)
 
   replicated, _ = update(replicated, batch)  # warm-up (runs, no compile)
   jax.block_until_ready(replicated)
@@ -172,8 +174,28 @@ def measure_step(name: str, steps: int) -> dict:
       fraction_of_peak=flops / median / 1e9 / peak,
       augment_s_median=statistics.median(augment_times),
       augment_fraction=statistics.median(augment_times) / median,
-      train_state_mb=state_bytes / 2**20,
+      train_state_mb=state_bytes / 2**20, **memory,
       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _step_memory(compiled) -> dict[str, float]:
+  """XLA's buffer sizes for one compiled step, in MiB.
+
+  `step_temp_mb` is the scratch space the step allocates (activations kept
+  for the backward pass and workspaces); `step_donated_mb` the inputs whose
+  buffers the outputs reuse (the donated train state). `step_peak_mb` =
+  inputs + outputs - donated + scratch, the most the step can hold at once,
+  against the bound of twice the train state plus the scratch.
+  """
+  stats = compiled.memory_analysis()
+  mib = lambda n: n / 2**20
+  arguments = mib(stats.argument_size_in_bytes)
+  outputs = mib(stats.output_size_in_bytes)
+  donated = mib(stats.alias_size_in_bytes)
+  temp = mib(stats.temp_size_in_bytes)
+  return dict(step_arguments_mb=arguments, step_outputs_mb=outputs,
+              step_donated_mb=donated, step_temp_mb=temp,
+              step_peak_mb=arguments + outputs - donated + temp)
 
 
 def _run_one(name: str, conv: str, steps: int) -> dict:
@@ -255,7 +277,7 @@ def _table(rows: list[dict]) -> str:
   header = (f'{"setting":<8}{"conv":<9}{"compile s":>10}{"init s":>8}'
             f'{"s/step":>8}{"min":>7}{"max":>7}{"img/s":>8}{"GFLOP":>8}'
             f'{"GFLOP/s":>9}{"peak":>7}{"frac":>6}{"aug":>6}{"RSS MB":>8}'
-            f'{"state MB":>9}')
+            f'{"state MB":>9}{"temp MB":>8}{"step MB":>8}')
   lines = [header]
   for r in rows:
     lines.append(
@@ -265,7 +287,8 @@ def _table(rows: list[dict]) -> str:
         f'{r["step_gflop"]:>8.1f}{r["achieved_gflops"]:>9.1f}'
         f'{r["matmul_peak_gflops"]:>7.0f}{r["fraction_of_peak"]:>6.2f}'
         f'{r["augment_fraction"]:>6.2f}{r["peak_rss_mb"]:>8.0f}'
-        f'{r["train_state_mb"]:>9.0f}')
+        f'{r["train_state_mb"]:>9.0f}{r["step_temp_mb"]:>8.0f}'
+        f'{r["step_peak_mb"]:>8.0f}')
   return '\n'.join(lines)
 
 
