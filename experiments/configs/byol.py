@@ -160,7 +160,7 @@ def demo_config() -> ml_collections.ConfigDict:
   config.model.predictor_hidden_size = 1024
   config.model.projector_output_size = 128
   config.optimizer.warmup_epochs = 0.1
-  config.training.update(global_batch_size=128, num_epochs=1.8)
+  config.training.update(global_batch_size=128, num_epochs=2.0)
   config.logging.log_every_steps = 20
   config.checkpointing.update(every_steps=100, every_secs=120.0, keep=2)
   return config
