@@ -18,11 +18,16 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Preempted(Exception):
-  """The run stopped on a signal after writing a checkpoint at `step`."""
+  """The run stopped on a signal after writing a checkpoint at `step`.
 
-  def __init__(self, step: int, signal_name: str):
-    super().__init__(f'stopped on {signal_name} after step {step} and saved a '
-                     'checkpoint; run the same command to resume')
+  `saved`, if given, replaces "after step <step> and saved a checkpoint" in
+  the message (for work that keeps something other than a checkpoint).
+  """
+
+  def __init__(self, step: int, signal_name: str, saved: str = ''):
+    saved = saved or f'after step {step} and saved a checkpoint'
+    super().__init__(f'stopped on {signal_name} {saved}; run the same '
+                     'command to resume')
     self.step = step
 
 

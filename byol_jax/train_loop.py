@@ -291,11 +291,13 @@ def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
 
 def embed_split(embed_step: Callable, replicated_state: Any,
                 config: ml_collections.ConfigDict, split: str, source: str,
-                workdir: str) -> feature_probe.Features:
+                workdir: str,
+                stop_if_asked: Callable[[], None]) -> feature_probe.Features:
   """This process's embeddings of `split` (centre crop, no augmentation).
 
   Kept in `<workdir>/features/<split>_process<k>.npz` (written atomically),
   so a restarted run reuses them when they come from the same encoder.
+  `stop_if_asked()` runs after every batch (it raises on SIGTERM/SIGINT).
   """
   path = os.path.join(workdir, 'features',
                       f'{split}_process{jax.process_index()}.npz')
@@ -305,7 +307,7 @@ def embed_split(embed_step: Callable, replicated_state: Any,
       if metadata.get('encoder') == source:
         return feature_probe.Features(**arrays)
     except checkpoint.CheckpointError:
-      pass  # Half-written by an older version or damaged: recompute.
+      print(f'{path} is damaged; embedding {split} again', flush=True)
   data = dataset_kwargs(config.dataset)
   batch_size = config.eval.global_batch_size
   num_batches = pipelines.num_eval_batches(
@@ -325,6 +327,7 @@ def embed_split(embed_step: Callable, replicated_state: Any,
     if jax.process_index() == 0 and (
         done % config.logging.log_every_steps == 0 or done == num_batches):
       print(meter.report(done, f'embedding {split}'), flush=True)
+    stop_if_asked()
   features = feature_probe.Features(
       **{name: np.concatenate(values, axis=1)
          for name, values in parts.items()})
@@ -333,9 +336,22 @@ def embed_split(embed_step: Callable, replicated_state: Any,
   return features
 
 
+def check_probe_config(probe: ml_collections.ConfigDict) -> None:
+  """One-line ValueError for an ℓ2 grid or L-BFGS length that cannot work."""
+  if not (math.isfinite(probe.l2_min) and math.isfinite(probe.l2_max) and
+          0 < probe.l2_min <= probe.l2_max and probe.num_l2 >= 1):
+    raise ValueError(
+        f'probe grid l2_min={probe.l2_min}, l2_max={probe.l2_max}, '
+        f'num_l2={probe.num_l2}; need finite 0 < --config.probe.l2_min <= '
+        '--config.probe.l2_max and --config.probe.num_l2 >= 1')
+  if probe.lbfgs_iterations < 1:
+    raise ValueError(f'probe.lbfgs_iterations={probe.lbfgs_iterations}; set '
+                     '--config.probe.lbfgs_iterations to 1 or more')
+
+
 def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
               valid: feature_probe.Features, num_classes: int,
-              workdir: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+              workdir: str, stop_if_asked: Callable[[], None]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Chooses λ on `valid`, refits on train + valid; see feature_probe.py.
 
   Returns the `classifier` params for raw embeddings and the metrics of the
@@ -343,11 +359,6 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
   grid is logged as one step of metrics.jsonl.
   """
   probe = config.probe
-  if not 0 < probe.l2_min <= probe.l2_max or probe.num_l2 < 1:
-    raise ValueError(
-        f'probe grid l2_min={probe.l2_min}, l2_max={probe.l2_max}, '
-        f'num_l2={probe.num_l2}; need 0 < --config.probe.l2_min <= '
-        '--config.probe.l2_max and --config.probe.num_l2 >= 1')
   grid = np.geomspace(probe.l2_max, probe.l2_min, probe.num_l2)
   moments_fn = jax.pmap(feature_probe.feature_moments, axis_name=AXIS_NAME)
   fit = jax.pmap(feature_probe.make_fit_fn(probe.lbfgs_iterations),
@@ -384,6 +395,7 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
         print(meter.report(index, f'l2 {l2:.2e} | train loss {loss:.4f} | '
                                   f'valid top-1 {valid_top1:.4f}'),
               flush=True)
+      stop_if_asked()
   finally:
     writer.close()
   metrics, w, b = best
@@ -417,6 +429,8 @@ def linear_evaluation(config: ml_collections.ConfigDict,
   if precomputed and config.finetune:
     raise ValueError('fine-tuning trains on augmented images; use '
                      '--config.protocol=augmented with --config.finetune')
+  if precomputed:
+    check_probe_config(config.probe)
   if not precomputed:
     parallel.check_batch_divisible(config.training.global_batch_size)
   parallel.check_batch_divisible(config.eval.global_batch_size,
@@ -512,9 +526,21 @@ def _train_probe(config, state, num_classes, workdir, metadata):
   embed_step = jax.pmap(feature_probe.make_embed_fn(config.model),
                         axis_name=AXIS_NAME)
   encoder = metadata['encoder']
-  train, valid = (embed_split(embed_step, replicated, config, split, encoder,
-                              workdir) for split in ('train', 'valid'))
-  classifier, scalars = fit_probe(config, train, valid, num_classes, workdir)
+  with preemption.StopSignal() as stop:
+
+    def stop_if_asked():
+      # Embeddings of finished splits are on disk; the rest is recomputed.
+      if multihost.any_process(stop.requested):
+        multihost.barrier('linear probe stopped')
+        raise preemption.Preempted(
+            0, stop.received or 'another host',
+            saved='during the linear probe, keeping the finished embeddings')
+
+    train, valid = (embed_split(embed_step, replicated, config, split,
+                                encoder, workdir, stop_if_asked)
+                    for split in ('train', 'valid'))
+    classifier, scalars = fit_probe(config, train, valid, num_classes,
+                                    workdir, stop_if_asked)
   params = dict(state.params)
   params['classifier'] = classifier
   state = state._replace(step=np.ones((), np.int32), params=params)

@@ -38,6 +38,7 @@ dry_run=0
 python="${PY:-python3}"
 
 die() { echo "error: $*" >&2; exit 2; }
+need_value() { [ $# -ge 2 ] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
 usage() {  # the comment block at the top of this file, without its '#'
   sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }
@@ -45,11 +46,11 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --dry-run) dry_run=1; shift ;;
-    --processes) processes="${2:?--processes needs a value}"; shift 2 ;;
-    --devices) devices="${2:?--devices needs a value}"; shift 2 ;;
-    --port) port="${2:?--port needs a value}"; shift 2 ;;
-    --logdir) logdir="${2:?--logdir needs a value}"; shift 2 ;;
-    --module) module="${2:?--module needs a value}"; shift 2 ;;
+    --processes) need_value "$@"; processes="$2"; shift 2 ;;
+    --devices) need_value "$@"; devices="$2"; shift 2 ;;
+    --port) need_value "$@"; port="$2"; shift 2 ;;
+    --logdir) need_value "$@"; logdir="$2"; shift 2 ;;
+    --module) need_value "$@"; module="$2"; shift 2 ;;
     --) shift; break ;;
     *) die "unknown option $1; put the entry point's flags after --" ;;
   esac

@@ -32,18 +32,19 @@ module="experiments.pretrain"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
+need_value() { [ $# -ge 2 ] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
 usage() {  # the comment block at the top of this file, without its '#'
   sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --nodes) nodes="${2:?--nodes needs a value}"; shift 2 ;;
-    --gpus-per-node) gpus="${2:?--gpus-per-node needs a value}"; shift 2 ;;
-    --partition) partition="${2:?--partition needs a value}"; shift 2 ;;
-    --time) time_limit="${2:?--time needs a value}"; shift 2 ;;
-    --account) account="${2:?--account needs a value}"; shift 2 ;;
-    --module) module="${2:?--module needs a value}"; shift 2 ;;
+    --nodes) need_value "$@"; nodes="$2"; shift 2 ;;
+    --gpus-per-node) need_value "$@"; gpus="$2"; shift 2 ;;
+    --partition) need_value "$@"; partition="$2"; shift 2 ;;
+    --time) need_value "$@"; time_limit="$2"; shift 2 ;;
+    --account) need_value "$@"; account="$2"; shift 2 ;;
+    --module) need_value "$@"; module="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     --) shift; break ;;
     *) die "unknown option $1; put the entry point's flags after --" ;;

@@ -40,18 +40,19 @@ module="experiments.pretrain"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
+need_value() { [ $# -ge 2 ] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
 usage() {  # the comment block at the top of this file, without its '#'
   sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --name) name="${2:?--name needs a value}"; shift 2 ;;
-    --zone) zone="${2:?--zone needs a value}"; shift 2 ;;
-    --accelerator-type) type="${2:?--accelerator-type needs a value}"; shift 2 ;;
-    --version) version="${2:?--version needs a value}"; shift 2 ;;
-    --project) project="${2:?--project needs a value}"; shift 2 ;;
-    --module) module="${2:?--module needs a value}"; shift 2 ;;
+    --name) need_value "$@"; name="$2"; shift 2 ;;
+    --zone) need_value "$@"; zone="$2"; shift 2 ;;
+    --accelerator-type) need_value "$@"; type="$2"; shift 2 ;;
+    --version) need_value "$@"; version="$2"; shift 2 ;;
+    --project) need_value "$@"; project="$2"; shift 2 ;;
+    --module) need_value "$@"; module="$2"; shift 2 ;;
     --spot) spot=1; shift ;;
     --no-create) create=0; shift ;;
     --delete) delete=1; shift ;;

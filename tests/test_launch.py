@@ -119,6 +119,19 @@ def test_bad_launcher_options_fail_with_one_line(script, options):
   assert not result.stdout
 
 
+@pytest.mark.parametrize('script, option', [
+    ('local_multiprocess.sh', '--processes'), ('tpu_pod.sh', '--name'),
+    ('slurm_gpu.sh', '--nodes'), ('slurm_gpu.sh', '--partition'),
+])
+def test_option_without_its_value_fails_with_one_line(script, option):
+  result = subprocess.run(['bash', os.path.join(REPO, 'launch', script),
+                           '--dry-run', option],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr == f'error: {option} needs a value, e.g. {option} ' \
+                          'VALUE (see --help)\n'
+
+
 def _parsed_options(script):
   """The options a launcher's `case` statement accepts, e.g. '--nodes'."""
   with open(os.path.join(REPO, 'launch', script)) as f:

@@ -257,6 +257,40 @@ def test_precomputed_protocol_picks_l2_on_valid_and_tests_every_image(
   assert third['top1'] == results['top1']
 
 
+@pytest.mark.parametrize('probe', [dict(l2_min=0.0), dict(l2_max=float('inf')),
+                                   dict(num_l2=0), dict(l2_min=1.0, l2_max=0.1),
+                                   dict(lbfgs_iterations=0)])
+def test_bad_probe_grid_fails_before_any_work(dirs, tmp_path, probe):
+  config = _linear_eval_config(dirs, checkpoint='', encoder_init='random',
+                               protocol='precomputed')
+  config.probe.update(probe)
+  with pytest.raises(ValueError, match='--config.probe.'):
+    train_loop.linear_evaluation(config, str(tmp_path / 'eval'))
+  assert not os.path.exists(tmp_path / 'eval')
+
+
+def test_precomputed_protocol_stops_on_sigterm_and_resumes(
+    dirs, pretrained, tmp_path, monkeypatch):
+  config = _linear_eval_config(dirs, checkpoint=pretrained['workdir'],
+                               protocol='precomputed')
+  config.probe.update(l2_max=1.0, l2_min=1e-2, num_l2=2, lbfgs_iterations=5)
+  uninterrupted = train_loop.linear_evaluation(config, str(tmp_path / 'a'))
+
+  class SignalledAtOnce(preemption.StopSignal):
+    def __enter__(self):
+      super().__enter__()
+      self.received = 'SIGTERM'
+      return self
+
+  with monkeypatch.context() as patch:
+    patch.setattr(preemption, 'StopSignal', SignalledAtOnce)
+    with pytest.raises(preemption.Preempted, match='during the linear probe'):
+      train_loop.linear_evaluation(config, str(tmp_path / 'b'))
+  assert not os.path.exists(tmp_path / 'b' / 'results.json')
+  resumed = train_loop.linear_evaluation(config, str(tmp_path / 'b'))
+  assert resumed['top1'] == uninterrupted['top1']
+
+
 def test_precomputed_protocol_refuses_finetuning(dirs, pretrained, tmp_path):
   config = _linear_eval_config(dirs, checkpoint=pretrained['workdir'],
                                protocol='precomputed', finetune=True)
