@@ -30,10 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from byol_jax import augment
 from byol_jax import byol
+from byol_jax import linear_eval
 from byol_jax import losses
-from byol_jax import networks
 
 AXIS_NAME = byol.AXIS_NAME
 
@@ -64,12 +63,8 @@ def make_embed_fn(model_config: ml_collections.ConfigDict):
   state's (the `classifier` entries are not used).
   """
   def forward(images: jax.Array) -> jax.Array:
-    bn = byol.bn_config(model_config, cross_replica_axis=None)
-    encoder = networks.make_encoder(bn_config=bn, **model_config.encoder)
-    with networks.compute_precision(model_config.compute_dtype,
-                                    type(encoder)):
-      embedding = encoder(augment.normalize_images(images), False)
-    return embedding.astype(jnp.float32)
+    return linear_eval.encode(model_config, images, is_training=False,
+                              cross_replica_axis=None).astype(jnp.float32)
   network = hk.without_apply_rng(hk.transform_with_state(forward))
 
   def embed(params: hk.Params, state: hk.State, images: jax.Array):
@@ -189,13 +184,8 @@ def make_count_fn():
   """
   def count(w, b, features, labels, mask, moments: Moments):
     logits = ((features - moments.mean) * moments.inverse_std) @ w + b
-    weights = mask.astype(jnp.int32)
-    return jax.tree.map(_all_sum, dict(
-        top1=jnp.sum(losses.topk_correct(logits, labels, 1)
-                     .astype(jnp.int32) * weights),
-        top5=jnp.sum(losses.topk_correct(logits, labels, 5)
-                     .astype(jnp.int32) * weights),
-        count=jnp.sum(weights)))
+    return jax.tree.map(_all_sum,
+                        losses.masked_topk_counts(logits, labels, mask))
   return count
 
 

@@ -44,15 +44,23 @@ class EvalState(NamedTuple):
   opt_state: optax.OptState
 
 
+def encode(model_config: ml_collections.ConfigDict, images: jax.Array,
+           is_training: bool, cross_replica_axis: str | None) -> jax.Array:
+  """Inside a Haiku transform: f32[B,H,W,3] in [0,1] → embeddings [B, E].
+
+  The embeddings are in the model's compute dtype.
+  """
+  bn = byol.bn_config(model_config, cross_replica_axis)
+  encoder = networks.make_encoder(bn_config=bn, **model_config.encoder)
+  with networks.compute_precision(model_config.compute_dtype, type(encoder)):
+    return encoder(augment.normalize_images(images), is_training)
+
+
 def make_network(model_config: ml_collections.ConfigDict, num_classes: int,
                  cross_replica_axis: str | None) -> hk.TransformedWithState:
   """Encoder → `classifier` Linear; images f32[B,H,W,3] in [0,1] → logits."""
   def forward(images: jax.Array, is_training: bool) -> jax.Array:
-    bn = byol.bn_config(model_config, cross_replica_axis)
-    encoder = networks.make_encoder(bn_config=bn, **model_config.encoder)
-    with networks.compute_precision(model_config.compute_dtype,
-                                    type(encoder)):
-      embedding = encoder(augment.normalize_images(images), is_training)
+    embedding = encode(model_config, images, is_training, cross_replica_axis)
     return hk.Linear(num_classes, name='classifier')(embedding)
   return hk.without_apply_rng(hk.transform_with_state(forward))
 
@@ -173,14 +181,9 @@ def make_eval_step(config: ml_collections.ConfigDict, num_classes: int):
   def eval_step(state: EvalState, batch: Mapping[str, jax.Array]):
     images = batch['images'].astype(jnp.float32) / 255.0
     logits, _ = network.apply(state.params, state.state, images, False)
-    mask = batch['mask'].astype(jnp.int32)
-    counts = dict(
-        top1=jnp.sum(losses.topk_correct(logits, batch['labels'], 1)
-                     .astype(jnp.int32) * mask),
-        top5=jnp.sum(losses.topk_correct(logits, batch['labels'], 5)
-                     .astype(jnp.int32) * mask),
-        count=jnp.sum(mask))
-    return jax.lax.psum(counts, AXIS_NAME)
+    return jax.lax.psum(
+        losses.masked_topk_counts(logits, batch['labels'], batch['mask']),
+        AXIS_NAME)
 
   return eval_step
 

@@ -72,3 +72,19 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   # label, as `jax.lax.top_k` does for the lower class index most of the time.
   rank = jnp.sum(logits > label_logit, axis=-1)
   return (rank < k).astype(jnp.float32)
+
+
+def masked_topk_counts(logits: jax.Array, labels: jax.Array,
+                       mask: jax.Array) -> dict[str, jax.Array]:
+  """This device's int32 counts: `top1`, `top5` correct and `count` real.
+
+  Args:
+    logits: f32[B, K].
+    labels: int[B].
+    mask: bool[B], False on padding (not counted).
+  """
+  weights = mask.astype(jnp.int32)
+  return dict(
+      top1=jnp.sum(topk_correct(logits, labels, 1).astype(jnp.int32) * weights),
+      top5=jnp.sum(topk_correct(logits, labels, 5).astype(jnp.int32) * weights),
+      count=jnp.sum(weights))

@@ -351,7 +351,8 @@ def check_probe_config(probe: ml_collections.ConfigDict) -> None:
 
 def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
               valid: feature_probe.Features, num_classes: int,
-              workdir: str, stop_if_asked: Callable[[], None]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+              workdir: str, stop_if_asked: Callable[[], None]
+              ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Chooses λ on `valid`, refits on train + valid; see feature_probe.py.
 
   Returns the `classifier` params for raw embeddings and the metrics of the
@@ -369,11 +370,10 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
     counts = parallel.first_replica(count(w, b, *split, moments))
     return counts['top1'] / counts['count']
 
-  def fit_on(split, w, b, l2):
-    moments = moments_fn(split.features, split.mask)
+  def fit_on(split, moments, w, b, l2):
     w, b, loss = fit(w, b, *split, moments, parallel.replicate(
         np.float32(l2)))
-    return w, b, float(parallel.first_replica(loss)), moments
+    return w, b, float(parallel.first_replica(loss))
 
   w = parallel.replicate(np.zeros((train.features.shape[-1], num_classes),
                                   np.float32))
@@ -382,9 +382,10 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
                                       enabled=jax.process_index() == 0)
   meter = progress.Progress(len(grid), 0, 0)
   best = None
+  moments = moments_fn(train.features, train.mask)
   try:
     for index, l2 in enumerate(grid, start=1):
-      w, b, loss, moments = fit_on(train, w, b, l2)
+      w, b, loss = fit_on(train, moments, w, b, l2)
       valid_top1 = accuracy(w, b, valid, moments)
       metrics = dict(l2=float(l2), log10_l2=float(np.log10(l2)),
                      train_loss=loss, valid_top1=valid_top1)
@@ -401,7 +402,8 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
   metrics, w, b = best
   both = feature_probe.Features(*(
       np.concatenate([a, c], axis=1) for a, c in zip(train, valid)))
-  w, b, loss, moments = fit_on(both, w, b, metrics['l2'])
+  moments = moments_fn(both.features, both.mask)
+  w, b, loss = fit_on(both, moments, w, b, metrics['l2'])
   classifier = feature_probe.fold_standardisation(
       *parallel.first_replica((w, b, moments)))
   return classifier, dict(l2=metrics['l2'], valid_top1=metrics['valid_top1'],
@@ -431,7 +433,7 @@ def linear_evaluation(config: ml_collections.ConfigDict,
                      '--config.protocol=augmented with --config.finetune')
   if precomputed:
     check_probe_config(config.probe)
-  if not precomputed:
+  else:
     parallel.check_batch_divisible(config.training.global_batch_size)
   parallel.check_batch_divisible(config.eval.global_batch_size,
                                  flag='eval.global_batch_size')
@@ -450,8 +452,7 @@ def linear_evaluation(config: ml_collections.ConfigDict,
   state = linear_eval.init_state(config, num_classes)
   if source:
     state = linear_eval.load_pretrained_encoder(state, source)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  state = restore_latest(state, checkpoint_dir)
+  state = restore_latest(state, os.path.join(workdir, 'checkpoints'))
   start_step = int(state.step)
   done = completed_results(workdir, start_step, total_steps)
   if done is not None:
