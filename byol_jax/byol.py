@@ -116,11 +116,10 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int,
   init_key, run_key = jax.random.split(base_key)
   online_key, target_key = jax.random.split(init_key)
 
-  dummy = jnp.zeros((2, *image_shape), jnp.float32)
   # Online and target have the same structure: one compiled initialiser
   # serves both keys, which halves the compile time of initialisation.
   init_network = compile_initializer(
-      lambda key: network.init(key, dummy, True), online_key)
+      init_without_forward(network, image_shape), online_key)
   online_params, online_state = init_network(online_key)
   target_params, target_state = init_network(target_key)
   init_optimizer = compile_initializer(optim.lars(0.0).init, online_params)
@@ -134,15 +133,45 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int,
       opt_state=init_optimizer(online_params))
 
 
+def init_without_forward(network: hk.TransformedWithState,
+                         image_shape: tuple[int, int, int]):
+  """`key -> (params, state)` as `network.init` gives, minus its forward pass.
+
+  Haiku's init runs one forward pass on a dummy batch: it shapes the
+  parameters and sets each BatchNorm moving average's `average` to that
+  batch's statistics (its `hidden` and `counter` start at zero). Here every
+  state entry starts at zero, which lets XLA drop the forward pass and
+  halves the initialiser's compile time (ResNet-50 + paper heads: 14.4 s ->
+  7.6 s, measured on a loaded machine). The parameters are unchanged, and
+  so is training: BatchNorm in training mode rebuilds `average` from
+  `hidden` and `counter` and never reads the old one. Only eval-mode use of
+  an untrained network would see zeros instead of a dummy batch's
+  statistics (tests/test_byol.py checks both points).
+
+  Args:
+    network: the BYOL network (online or target; same structure).
+    image_shape: (H, W, C) of the views.
+  """
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+
+  def init(key):
+    params, state = network.init(key, dummy, True)
+    return params, jax.tree.map(jnp.zeros_like, state)
+
+  return init
+
+
 def compile_initializer(init_fn, *example_args):
   """`init_fn` compiled for arguments shaped like `example_args`.
 
-  Initialisation runs once per run, so on CPU it is compiled without XLA's
-  backend optimisations: the hundreds of small random-initialiser fusions of
-  a ResNet then compile about 3x faster (ResNet-18 + paper heads: ~20 s ->
-  ~7 s) and run in a second or two. Other backends keep their defaults.
+  Initialisation runs once per run, so on CPU it is compiled at XLA backend
+  optimisation level 1 rather than the default 3: the hundreds of small
+  random-initialiser fusions of a ResNet compile faster and still run fast.
+  Measured for ResNet-50 + paper heads, compile + two runs (online, target):
+  level 1 9.7 s, level 0 11.3 s (slow code), default 10.5 s (slow compile);
+  ResNet-18: level 1 4.7 s, level 0 5.5 s. Other backends keep their defaults.
   """
-  options = ({'xla_backend_optimization_level': 0}
+  options = ({'xla_backend_optimization_level': 1}
              if jax.default_backend() == 'cpu' else {})
   return jax.jit(init_fn).lower(*example_args).compile(
       compiler_options=options)

@@ -146,3 +146,32 @@ def test_target_batch_norm_follows_its_own_forward_and_probe_is_online(run):
   close(metrics[0]['classif_loss'], parallel.first_replica(online_loss))
   assert not np.isclose(metrics[0]['classif_loss'],
                         parallel.first_replica(target_loss), rtol=1e-4)
+
+
+def test_init_without_forward_trains_as_haikus_init():
+  """The initialiser that skips the forward pass gives Haiku's parameters,
+  and a training step from its all-zero BatchNorm state gives the same
+  state and metrics as one from Haiku's own (dummy-batch) state."""
+  config = tiny.pretrain_config()
+  network = byol.make_network(config.model, NUM_CLASSES, None)
+  key = jax.random.key(3, impl=byol.PRNG_IMPL)
+  params, state = byol.init_without_forward(network, (16, 16, 3))(key)
+  haiku_params, haiku_state = network.init(
+      key, jnp.zeros((2, 16, 16, 3)), True)
+  jax.tree.map(np.testing.assert_array_equal, params, haiku_params)
+  assert jax.tree.structure(state) == jax.tree.structure(haiku_state)
+  assert all(not np.any(x) for x in jax.tree.leaves(state))
+  # Haiku's first `average`s are a dummy batch's statistics, not zeros.
+  assert any(np.any(x) for x in jax.tree.leaves(haiku_state))
+
+  fresh = byol.init_state(config, NUM_CLASSES, (16, 16, 3))
+  with_haiku_state = fresh._replace(online_state=haiku_state,
+                                    target_state=haiku_state)
+  update = jax.pmap(byol.make_update_fn(config, NUM_CLASSES, SCHEDULES),
+                    axis_name='i')
+  batch = _batch(0)
+  after, metrics = update(parallel.replicate(fresh), batch)
+  haiku_after, haiku_metrics = update(parallel.replicate(with_haiku_state),
+                                      batch)
+  jax.tree.map(np.testing.assert_array_equal, after, haiku_after)
+  jax.tree.map(np.testing.assert_array_equal, metrics, haiku_metrics)
