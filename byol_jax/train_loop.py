@@ -519,10 +519,13 @@ def _train_linear(config, state, num_classes, total_steps, workdir, metadata):
 def _train_probe(config, state, num_classes, workdir, metadata):
   """The precomputed protocol; returns (replicated state, metrics).
 
-  A state already at step 1 (killed after its checkpoint) is only tested.
+  A state already at step 1 (killed after its checkpoint) is only tested;
+  the fit's metrics come back from that checkpoint's metadata.
   """
   if int(state.step) >= 1:
-    return parallel.replicate(state), {}
+    latest = checkpoint.latest_path(os.path.join(workdir, 'checkpoints'))
+    _, saved = checkpoint.load_arrays(latest)
+    return parallel.replicate(state), _probe_metrics(saved['probe'])
   replicated = parallel.replicate(state)
   embed_step = jax.pmap(feature_probe.make_embed_fn(config.model),
                         axis_name=AXIS_NAME)
@@ -553,6 +556,10 @@ def _train_probe(config, state, num_classes, workdir, metadata):
           f'{scalars["valid_top1"]:.4f}, train top-1 '
           f'{scalars["train_top1"]:.4f}', flush=True)
   multihost.barrier('linear probe checkpoint')
-  return parallel.replicate(state), dict(loss=scalars['train_loss'],
-                                         top1_accuracy=scalars['train_top1'],
-                                         **scalars)
+  return parallel.replicate(state), _probe_metrics(scalars)
+
+
+def _probe_metrics(scalars):
+  """fit_probe's metrics, plus the names that linear_evaluation reports."""
+  return dict(scalars, loss=scalars['train_loss'],
+              top1_accuracy=scalars['train_top1'])
