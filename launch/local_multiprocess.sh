@@ -57,6 +57,7 @@ while [ $# -gt 0 ]; do
 done
 [[ "$processes" =~ ^[1-9][0-9]*$ ]] || die "--processes must be a positive integer, got '$processes'"
 [[ "$devices" =~ ^[1-9][0-9]*$ ]] || die "--devices must be a positive integer, got '$devices'"
+[ $# -gt 0 ] || die "no entry-point flags after --; give at least --workdir and --config"
 if [ -z "$port" ]; then
   # A free port, chosen by the kernel (the coordinator binds it a moment later).
   port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"

@@ -119,6 +119,23 @@ def test_bad_launcher_options_fail_with_one_line(script, options):
   assert not result.stdout
 
 
+@pytest.mark.parametrize('script, options', [
+    ('local_multiprocess.sh', ()),
+    ('tpu_pod.sh', ('--name', 'n', '--zone', 'z', '--accelerator-type',
+                    'v4-8')),
+])
+@pytest.mark.parametrize('separator', [(), ('--',)])
+def test_launcher_without_entry_point_flags_fails_with_one_line(
+    script, options, separator):
+  result = subprocess.run(['bash', os.path.join(REPO, 'launch', script),
+                           '--dry-run', *options, *separator],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr == ('error: no entry-point flags after --; give at '
+                           'least --workdir and --config\n')
+  assert not result.stdout
+
+
 @pytest.mark.parametrize('script, option', [
     ('local_multiprocess.sh', '--processes'), ('tpu_pod.sh', '--name'),
     ('slurm_gpu.sh', '--nodes'), ('slurm_gpu.sh', '--partition'),
