@@ -3,6 +3,29 @@
 # with the newest Python >= 3.11 on this machine, that byol_jax is installed
 # in it, and that Debian's Fashion-MNIST files are present. Exports PY.
 # Idempotent: a second run only checks (a stamp records the installed setup.py).
+#
+# Usage:
+#   source launch/setup_env.sh       (from a bash script; then use "$PY")
+#   bash launch/setup_env.sh [-h|--help]
+#
+#   -h, --help   print this help and exit
+#
+# Options are read only when the file is run, not when it is sourced: a
+# sourced file sees its caller's arguments (tests/run.sh's go to pytest).
+# Run, it sets up the same way, but the exports end with it.
+#
+# Example:
+#   source launch/setup_env.sh && "$PY" -m pytest -q tests
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  case "${1:-}" in
+    -h|--help)  # the comment block at the top of this file, without its '#'
+      sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+    '') ;;
+    *) echo "error: unknown option $1; launch/setup_env.sh takes only --help (or source it)" >&2
+       exit 2 ;;
+  esac
+fi
 
 _repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="${BYOL_VENV:-$_repo_root/.venv}"

@@ -5,6 +5,7 @@ it with POSIX shell rules (shlex) has to give back every argument the user
 gave, spaces and quotes included.
 """
 
+import hashlib
 import os
 import re
 import shlex
@@ -108,6 +109,7 @@ def test_sbatch_script_asks_for_one_task_per_node_and_a_warning_signal():
     ('local_multiprocess.sh', ('--processes', 'two')),
     ('tpu_pod.sh', ('--zone', 'z', '--accelerator-type', 'v4-8')),
     ('slurm_gpu.sh', ('--nodes', '0')),
+    ('setup_env.sh', ()),  # it takes no --dry-run
 ])
 def test_bad_launcher_options_fail_with_one_line(script, options):
   result = subprocess.run(['bash', os.path.join(REPO, 'launch', script),
@@ -162,18 +164,24 @@ def _parsed_options(script):
                     'v4-8')),
     ('slurm_gpu.sh', ('--nodes', '4')),
     ('demo.sh', ()),
+    ('setup_env.sh', ()),
 ])
 @pytest.mark.parametrize('help_flag', ['--help', '-h'])
 def test_help_prints_usage_and_does_nothing_else(tmp_path, script, options,
                                                  help_flag):
-  # demo.sh runs from a copy, so that its set-up is a stub; every command a
-  # launcher could run is a stub too. Each stub leaves a file if called.
+  # The script runs from a copy, so that demo.sh's set-up is a stub and
+  # setup_env.sh's venv would land in the copy; every command a launcher
+  # could run is a stub too. Each stub leaves a file if called.
   launch = tmp_path / 'checkout' / 'launch'
   launch.mkdir(parents=True)
   shutil.copy(os.path.join(REPO, 'launch', script), launch)
   stubs = tmp_path / 'bin'
   stubs.mkdir()
-  for name in ('setup_env.sh', 'gcloud', 'sbatch', 'srun', 'python3', 'tar'):
+  pythons = [f'python3.{minor}' for minor in range(11, 16)]
+  for name in ('setup_env.sh', 'gcloud', 'sbatch', 'srun', 'python3', 'tar',
+               'apt-get', 'sudo', *pythons):
+    if name == script:
+      continue
     stub = (launch if name == 'setup_env.sh' else stubs) / name
     stub.write_text(f'#!/bin/sh\ntouch "{tmp_path}/called_{name}"\n')
     stub.chmod(0o755)
@@ -192,4 +200,32 @@ def test_help_prints_usage_and_does_nothing_else(tmp_path, script, options,
   for option in parsed:
     assert option in result.stdout, option
   assert sorted(os.listdir(tmp_path)) == ['bin', 'checkout', 'work']
+  assert os.listdir(tmp_path / 'checkout') == ['launch']
   assert not os.listdir(work)
+
+
+def test_sourced_setup_env_ignores_its_callers_arguments(tmp_path):
+  # A sourced file sees the caller's arguments: tests/run.sh's go to pytest.
+  checkout = tmp_path / 'checkout'
+  (checkout / 'launch').mkdir(parents=True)
+  shutil.copy(os.path.join(REPO, 'launch', 'setup_env.sh'), checkout / 'launch')
+  (checkout / 'setup.py').write_text('# stand-in\n')
+  venv = tmp_path / 'venv'  # already set up: only checked
+  (venv / 'bin').mkdir(parents=True)
+  (venv / 'bin' / 'python').write_text('#!/bin/sh\n')
+  (venv / 'bin' / 'python').chmod(0o755)
+  (venv / '.byol_jax_setup').write_text(
+      hashlib.sha1(b'# stand-in\n').hexdigest() + '\n')
+  stubs = tmp_path / 'bin'  # in case Fashion-MNIST is not installed here
+  stubs.mkdir()
+  for name in ('apt-get', 'sudo'):
+    (stubs / name).write_text('#!/bin/sh\n')
+    (stubs / name).chmod(0o755)
+  result = subprocess.run(
+      ['bash', '-c', 'set -euo pipefail; source launch/setup_env.sh; '
+       'echo "$PY"', 'caller', '--help', '-k', 'unknown'],
+      capture_output=True, text=True, timeout=60, cwd=checkout,
+      env=dict(os.environ, BYOL_VENV=str(venv),
+               PATH=f'{stubs}:{os.environ["PATH"]}'))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == f'{venv}/bin/python\n'
