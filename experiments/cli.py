@@ -13,6 +13,8 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 # (OSError: a config file that does not exist or cannot be read.)
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError,
                 OSError)
+# What a config override of each type that fails to parse is told to be.
+_EXPECTED = {'int': 'an int', 'float': 'a float', 'bool': 'true or false'}
 
 
 def exit_with(error: Exception, argv: list[str]):
@@ -74,12 +76,36 @@ def _one_line(error: Exception, argv: list[str]) -> str:
     return (f'unknown config key in {flag}' +
             (f'; did you mean "{hint.group(1)}"?' if hint else
              '; see the config file for the valid keys'))
+  wrong_type = _wrong_type(error, text)
+  if wrong_type:
+    return wrong_type
   lines = [line.strip() for line in text.splitlines() if line.strip()]
   if 'Traceback' not in text:
     return lines[0]
   # A config file that raised: its last traceback line is the message, after
   # the exception's type (`ValueError: unknown preset ...`).
   return re.sub(r'^[\w.]+: ', '', lines[-1])
+
+
+def _wrong_type(error: Exception, text: str) -> str | None:
+  """What to pass instead of a config override that does not parse, or None.
+
+  `text` is the error's message, absl's `flag --config.a.b=VALUE: <why>`;
+  the flag ml_collections defined for the override knows the field's type
+  and the value the config file gave it.
+  """
+  if not isinstance(error, flags.IllegalFlagValueError):
+    return None
+  match = re.match(r'flag --(config\.[\w.]+)=(.*?): ', text)
+  if not match or match.group(1) not in flags.FLAGS:
+    return None
+  name, value = match.groups()
+  flag = flags.FLAGS[name]
+  expected = _EXPECTED.get(flag.parser.flag_type())
+  if expected is None:
+    return None
+  return (f"--{name}={value}: expected {expected} (the preset's value is "
+          f'{flag.default}); pass e.g. --{name}={flag.default}')
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -80,7 +80,8 @@ def test_override_is_parsed():
      'unknown config key in --config.optimizer.weight_decayy; did you mean '
      '"weight_decay"?'),
     ('--config.training.global_batch_size=abc',
-     "--config.training.global_batch_size=abc: invalid literal for int()"),
+     "--config.training.global_batch_size=abc: expected an int (the preset's "
+     'value is 128); pass e.g. --config.training.global_batch_size=128'),
 ])
 @pytest.mark.parametrize('config_flag', [
     ['--config=experiments/configs/byol.py:demo'],
@@ -92,6 +93,24 @@ def test_bad_override_fails_with_one_line_before_any_work(config_flag, flag,
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize('flag,expected,preset_value', [
+    ('--config.probe.num_l2=2.5', 'an int', '5'),
+    ('--config.probe.l2_min=small', 'a float', '1e-06'),
+    ('--config.finetune=maybe', 'true or false', 'False'),
+])
+def test_override_of_the_wrong_type_says_what_to_pass(flag, expected,
+                                                      preset_value):
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.linear_eval', '--workdir=/nonexistent',
+       '--config=experiments/configs/linear_eval.py:demo', flag],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  name = flag.split('=')[0]
+  assert result.stderr == (
+      f"error: {flag}: expected {expected} (the preset's value is "
+      f'{preset_value}); pass e.g. {name}={preset_value}\n'), result.stderr
 
 
 @pytest.mark.parametrize('preset', ['30ep', 'nonsense'])
