@@ -103,7 +103,8 @@ def test_bad_override_fails_with_one_line_before_any_work(config_flag, flag,
 def test_override_of_the_wrong_type_says_what_to_pass(flag, expected,
                                                       preset_value):
   result = subprocess.run(
-      [sys.executable, '-m', 'experiments.linear_eval', '--workdir=/nonexistent',
+      [sys.executable, '-m', 'experiments.linear_eval',
+       '--workdir=/nonexistent',
        '--config=experiments/configs/linear_eval.py:demo', flag],
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
