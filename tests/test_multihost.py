@@ -102,16 +102,23 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
   # The reference goes through jax.distributed too (1 process × 4 devices),
   # so that both all-reduce with gloo: XLA's in-process all-reduce rounds
   # differently (5e-6 after one step), and three steps of this tiny network
-  # on noise images amplify that to 2e-2. Gloo against gloo: 1e-5.
+  # on noise images amplify that to 2e-2. Gloo against gloo still rounds
+  # differently per topology: 3e-6 after three steps from one initialisation,
+  # 1.3e-4 on one element from another. So each array may differ by 1 % of
+  # how far the three steps moved it (median move: 3e-2).
   _launch('tests.multiprocess_update', one, 1, 4, f'--out={one}')
   single = _load(one / 'process_0.npz')
   assert single['step'] == multiprocess_update.STEPS
   assert single.keys() == process_0.keys()
-  for key in single:
-    np.testing.assert_allclose(process_0[key], single[key], rtol=1e-4,
-                               atol=1e-4, err_msg=key)
-  # The updates did something: the parameters left their initial values.
   initial = multiprocess_update.train(steps=0)
+  as_float = lambda x: np.asarray(x, np.float64)
+  for key in single:
+    moved = np.max(np.abs(as_float(single[key]) - as_float(initial[key])),
+                   initial=0.0)
+    error = np.max(np.abs(as_float(process_0[key]) - as_float(single[key])),
+                   initial=0.0)
+    assert error <= 1e-5 + 1e-2 * moved, (key, error, moved)
+  # The updates did something: the parameters left their initial values.
   assert any(not np.array_equal(single[k], initial[k]) for k in single
              if k.startswith('online_params/'))
 
