@@ -130,7 +130,7 @@ def test_multihost_pretraining_writes_once_stops_together_and_resumes(
   write_fashion_mnist(str(source), num_train=64, num_test=10)
   workdir = tmp_path / 'run'
   logs = tmp_path / 'logs'
-  total_steps = 6
+  total_steps = 12
   args = tiny.pretrain_flags(
       data_dir=str(tmp_path / 'tfds'), fashion_mnist_dir=str(source),
       workdir=str(workdir), total_steps=total_steps) + [
@@ -150,7 +150,9 @@ def test_multihost_pretraining_writes_once_stops_together_and_resumes(
   launcher.stdout.close()
   assert launcher.wait(timeout=300) == preemption.EXIT_CODE, _read_logs(logs)
   stopped_at = checkpoint.all_steps(str(workdir / 'checkpoints'))
-  assert len(stopped_at) == 1 and 2 <= stopped_at[0] <= 3, stopped_at
+  # On a loaded machine the SIGTERM can land a few steps after 'step 2/'
+  # reached this test (once: after step 6 of 6); it must still stop early.
+  assert len(stopped_at) == 1 and 2 <= stopped_at[0] < total_steps, stopped_at
   for i in (0, 1):
     assert 'preempted: stopped on SIGTERM' in (
         logs / f'process_{i}.log').read_text()
