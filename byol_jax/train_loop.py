@@ -296,16 +296,22 @@ def embed_split(embed_step: Callable, replicated_state: Any,
   """This process's embeddings of `split` (centre crop, no augmentation).
 
   Kept in `<workdir>/features/<split>_process<k>.npz` (written atomically),
-  so a restarted run reuses them when they come from the same encoder.
+  so a restarted run reuses them when they come from the same encoder,
+  dataset, image size and crop; otherwise they are computed again.
   `stop_if_asked()` runs after every batch (it raises on SIGTERM/SIGINT).
   """
   path = os.path.join(workdir, 'features',
                       f'{split}_process{jax.process_index()}.npz')
+  made_by = dict(encoder=source, dataset=config.dataset.name,
+                 image_size=config.dataset.image_size,
+                 crop_fraction=config.dataset.eval_crop_fraction)
   if gfile.exists(path):
     try:
       arrays, metadata = checkpoint.load_arrays(path)
-      if metadata.get('encoder') == source:
+      if all(metadata.get(k) == v for k, v in made_by.items()):
         return feature_probe.Features(**arrays)
+      print(f'{path} was embedded with other settings; embedding {split} '
+            'again', flush=True)
     except checkpoint.CheckpointError:
       print(f'{path} is damaged; embedding {split} again', flush=True)
   data = dataset_kwargs(config.dataset)
@@ -332,7 +338,7 @@ def embed_split(embed_step: Callable, replicated_state: Any,
       **{name: np.concatenate(values, axis=1)
          for name, values in parts.items()})
   gfile.makedirs(os.path.dirname(path))
-  checkpoint.write(path, features._asdict(), dict(encoder=source))
+  checkpoint.write(path, features._asdict(), made_by)
   return features
 
 

@@ -258,6 +258,13 @@ def test_precomputed_protocol_picks_l2_on_valid_and_tests_every_image(
   third = train_loop.linear_evaluation(config, str(tmp_path))
   assert 'embedding' not in capsys.readouterr().out
   assert third['top1'] == results['top1']
+  # Features embedded at another image size are not reused.
+  os.remove(tmp_path / 'results.json')
+  shutil.rmtree(tmp_path / 'checkpoints')
+  config.dataset.image_size += 8
+  train_loop.linear_evaluation(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert 'was embedded with other settings' in out and 'embedding' in out
 
 
 @pytest.mark.parametrize('probe', [dict(l2_min=0.0), dict(l2_max=float('inf')),
