@@ -417,6 +417,39 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
                           train_top1=accuracy(w, b, both, moments))
 
 
+# What a linear evaluation's results depend on, besides the encoder.
+_EVALUATION_FIELDS = ('protocol', 'finetune', 'dataset.name',
+                      'dataset.image_size', 'dataset.eval_crop_fraction')
+
+
+def check_same_evaluation(config: ml_collections.ConfigDict, encoder: str,
+                          workdir: str) -> None:
+  """One-line ValueError if `workdir`'s checkpoint evaluates something else.
+
+  A resumed (or finished) evaluation must have the same encoder, protocol,
+  dataset and image size as this run, or its results would be reported
+  under this run's name.
+  """
+  latest = checkpoint.latest_path(os.path.join(workdir, 'checkpoints'))
+  _, saved = checkpoint.load_arrays(latest)
+  def value(tree, field):  # None where an older checkpoint lacks the field
+    for name in field.split('.'):
+      tree = tree.get(name) if isinstance(tree, dict) else None
+    return tree
+
+  changed = [f'encoder {saved.get("encoder")} -> {encoder}'] if (
+      saved.get('encoder') != encoder) else []
+  for field in _EVALUATION_FIELDS:
+    old = value(saved.get('config', {}), field)
+    new = value(config.to_dict(), field)
+    if old != new:
+      changed.append(f'{field} {old} -> {new}')
+  if changed:
+    raise ValueError(f'{workdir} holds another linear evaluation '
+                     f'({"; ".join(changed)}); use another --workdir or '
+                     'delete that one')
+
+
 def linear_evaluation(config: ml_collections.ConfigDict,
                       workdir: str) -> dict[str, Any]:
   """Trains a linear classifier on a (frozen) encoder and tests it.
@@ -460,6 +493,8 @@ def linear_evaluation(config: ml_collections.ConfigDict,
     state = linear_eval.load_pretrained_encoder(state, source)
   state = restore_latest(state, os.path.join(workdir, 'checkpoints'))
   start_step = int(state.step)
+  if start_step:
+    check_same_evaluation(config, source or 'random', workdir)
   done = completed_results(workdir, start_step, total_steps)
   if done is not None:
     print(f'linear evaluation already complete: top-1 {done["top1"]:.4f}, '

@@ -265,6 +265,11 @@ def test_precomputed_protocol_picks_l2_on_valid_and_tests_every_image(
   train_loop.linear_evaluation(config, str(tmp_path))
   out = capsys.readouterr().out
   assert 'was embedded with other settings' in out and 'embedding' in out
+  # That workdir now holds the larger size's evaluation: not reported as
+  # this size's.
+  config.dataset.image_size -= 8
+  with pytest.raises(ValueError, match='holds another linear evaluation'):
+    train_loop.linear_evaluation(config, str(tmp_path))
 
 
 @pytest.mark.parametrize('probe', [dict(l2_min=0.0), dict(l2_max=float('inf')),
