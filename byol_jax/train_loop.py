@@ -83,13 +83,16 @@ def write_json(path: str, value: Any) -> None:
   gfile.rename(temp_path, path, overwrite=True)
 
 
-def restore_latest(state: Any, checkpoint_dir: str) -> Any:
+def restore_latest(state: Any,
+                   checkpoint_dir: str) -> tuple[Any, dict[str, Any]]:
   """`state` filled from the newest checkpoint in `checkpoint_dir`, if any.
 
+  Returns it with that checkpoint's metadata ({} when there is none).
   Collective: every process restores, then all check that they restored
   the same step (see multihost.agree_on_step).
   """
   latest = checkpoint.latest_path(checkpoint_dir)
+  metadata = {}
   if latest is not None:
     arrays, metadata = checkpoint.load_arrays(latest)
     logging.info('Resuming from %s', latest)
@@ -102,7 +105,7 @@ def restore_latest(state: Any, checkpoint_dir: str) -> Any:
             'the data order and batch statistics differ from an '
             'uninterrupted run from here on', flush=True)
   multihost.agree_on_step(int(state.step))
-  return state
+  return state, metadata
 
 
 def topology() -> dict[str, int]:
@@ -240,7 +243,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state = warm_start(state, source, config.init_from_opt_state)
     if jax.process_index() == 0:
       print(f'warm start from {source}', flush=True)
-  state = restore_latest(state, checkpoint_dir)
+  state, _ = restore_latest(state, checkpoint_dir)
   start_step = int(state.step)
   done = completed_results(workdir, start_step, schedules.total_steps)
   if done is not None:
@@ -423,15 +426,14 @@ _EVALUATION_FIELDS = ('protocol', 'finetune', 'dataset.name',
 
 
 def check_same_evaluation(config: ml_collections.ConfigDict, encoder: str,
-                          workdir: str) -> None:
+                          saved: dict[str, Any], workdir: str) -> None:
   """One-line ValueError if `workdir`'s checkpoint evaluates something else.
 
   A resumed (or finished) evaluation must have the same encoder, protocol,
   dataset and image size as this run, or its results would be reported
-  under this run's name.
+  under this run's name. `saved`: the restored checkpoint's metadata.
   """
-  latest = checkpoint.latest_path(os.path.join(workdir, 'checkpoints'))
-  _, saved = checkpoint.load_arrays(latest)
+
   def value(tree, field):  # None where an older checkpoint lacks the field
     for name in field.split('.'):
       tree = tree.get(name) if isinstance(tree, dict) else None
@@ -491,10 +493,10 @@ def linear_evaluation(config: ml_collections.ConfigDict,
   state = linear_eval.init_state(config, num_classes)
   if source:
     state = linear_eval.load_pretrained_encoder(state, source)
-  state = restore_latest(state, os.path.join(workdir, 'checkpoints'))
+  state, restored = restore_latest(state, os.path.join(workdir, 'checkpoints'))
   start_step = int(state.step)
   if start_step:
-    check_same_evaluation(config, source or 'random', workdir)
+    check_same_evaluation(config, source or 'random', restored, workdir)
   done = completed_results(workdir, start_step, total_steps)
   if done is not None:
     print(f'linear evaluation already complete: top-1 {done["top1"]:.4f}, '
@@ -511,7 +513,7 @@ def linear_evaluation(config: ml_collections.ConfigDict,
                   topology=topology(), encoder=source or 'random')
   if precomputed:
     state, scalars = _train_probe(config, state, num_classes, workdir,
-                                  metadata)
+                                  metadata, restored)
   else:
     state, scalars = _train_linear(config, state, num_classes, total_steps,
                                    workdir, metadata)
@@ -557,16 +559,14 @@ def _train_linear(config, state, num_classes, total_steps, workdir, metadata):
       images_per_step=config.training.global_batch_size, metadata=metadata)
 
 
-def _train_probe(config, state, num_classes, workdir, metadata):
+def _train_probe(config, state, num_classes, workdir, metadata, restored):
   """The precomputed protocol; returns (replicated state, metrics).
 
   A state already at step 1 (killed after its checkpoint) is only tested;
-  the fit's metrics come back from that checkpoint's metadata.
+  the fit's metrics come back from that checkpoint's metadata, `restored`.
   """
   if int(state.step) >= 1:
-    latest = checkpoint.latest_path(os.path.join(workdir, 'checkpoints'))
-    _, saved = checkpoint.load_arrays(latest)
-    return parallel.replicate(state), _probe_metrics(saved['probe'])
+    return parallel.replicate(state), _probe_metrics(restored['probe'])
   replicated = parallel.replicate(state)
   embed_step = jax.pmap(feature_probe.make_embed_fn(config.model),
                         axis_name=AXIS_NAME)

@@ -367,9 +367,10 @@ def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
                                                               capsys):
   checkpoint.save(str(tmp_path), 3, _State(np.int32(3), np.ones(2)),
                   dict(topology=dict(processes=2, devices=8)), keep=1)
-  restored = train_loop.restore_latest(_State(np.int32(0), np.zeros(2)),
-                                       str(tmp_path))
+  restored, metadata = train_loop.restore_latest(
+      _State(np.int32(0), np.zeros(2)), str(tmp_path))
   assert int(restored.step) == 3
+  assert metadata['topology'] == dict(processes=2, devices=8)
   np.testing.assert_array_equal(restored.w, np.ones(2))
   assert ("checkpoint written on {'processes': 2, 'devices': 8}, resuming "
           "on {'processes': 1, 'devices': 4}") in capsys.readouterr().out
