@@ -55,11 +55,24 @@ def process_kwargs() -> dict[str, int]:
 
 def run_length(config: ml_collections.ConfigDict, num_train_examples: int,
                warmup_epochs: float = 0.0) -> byol.Schedules:
-  """Steps of the whole run and of the warm-up, from epochs or max_steps."""
-  batch = config.training.global_batch_size
+  """Steps of the whole run and of the warm-up, from epochs or max_steps.
+
+  Raises ValueError, naming the flag to fix, when the run would train
+  nothing (max_steps < 0, or max_steps 0 with num_epochs giving 0 steps).
+  """
+  training = config.training
+  batch = training.global_batch_size
   steps_per_epoch = num_train_examples / batch
-  total = config.training.max_steps or math.ceil(
-      config.training.num_epochs * steps_per_epoch)
+  if training.max_steps < 0:
+    raise ValueError(f'training.max_steps={training.max_steps}; set '
+                     '--config.training.max_steps to a positive step count, '
+                     'or to 0 to train for training.num_epochs')
+  total = training.max_steps or math.ceil(
+      training.num_epochs * steps_per_epoch)
+  if total <= 0:
+    raise ValueError(f'training.num_epochs={training.num_epochs} gives no '
+                     'training step; set --config.training.num_epochs above '
+                     '0 (or --config.training.max_steps)')
   warmup = min(round(warmup_epochs * steps_per_epoch), total)
   return byol.Schedules(global_batch_size=batch, warmup_steps=warmup,
                         total_steps=total)
@@ -571,19 +584,23 @@ def _train_probe(config, state, num_classes, workdir, metadata, restored):
   embed_step = jax.pmap(feature_probe.make_embed_fn(config.model),
                         axis_name=AXIS_NAME)
   encoder = metadata['encoder']
+  embedded = {}  # split -> its features, saved in the workdir's cache
   with preemption.StopSignal() as stop:
 
     def stop_if_asked():
       # Embeddings of finished splits are on disk; the rest is recomputed.
       if multihost.any_process(stop.requested):
         multihost.barrier('linear probe stopped')
+        kept = (f'keeping the {" and ".join(embedded)} embeddings'
+                if embedded else 'before any split was embedded')
         raise preemption.Preempted(
             0, stop.received or 'another host',
-            saved='during the linear probe, keeping the finished embeddings')
+            saved=f'during the linear probe, {kept}')
 
-    train, valid = (embed_split(embed_step, replicated, config, split,
-                                encoder, workdir, stop_if_asked)
-                    for split in ('train', 'valid'))
+    for split in ('train', 'valid'):
+      embedded[split] = embed_split(embed_step, replicated, config, split,
+                                    encoder, workdir, stop_if_asked)
+    train, valid = embedded['train'], embedded['valid']
     classifier, scalars = fit_probe(config, train, valid, num_classes,
                                     workdir, stop_if_asked)
   params = dict(state.params)

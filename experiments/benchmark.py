@@ -35,6 +35,8 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 _SETTINGS = flags.DEFINE_list('settings', ['A', 'B'], 'Built-in settings.')
 _CONFIG = flags.DEFINE_string(
     'config', '', 'Also benchmark this pretraining config (file:preset), at '
@@ -322,4 +324,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

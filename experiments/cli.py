@@ -15,6 +15,8 @@ _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError,
                 OSError)
 # What a config override of each type that fails to parse is told to be.
 _EXPECTED = {'int': 'an int', 'float': 'a float', 'bool': 'true or false'}
+# absl's flags that print help and exit.
+_HELP_FLAGS = {'help', '?', 'helpshort', 'helpfull', 'helpxml'}
 
 
 def exit_with(error: Exception, argv: list[str]):
@@ -54,8 +56,24 @@ def parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     return flags.FLAGS(argv)
+  except BrokenPipeError:
+    # The help went to a reader that closed early (`--help | head`).
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
   except _FLAG_ERRORS as e:
     exit_with(e, argv)
+  except SystemExit as e:
+    # absl prints the help asked for, then exits 1; asking is no failure.
+    if e.code == 1 and _asks_for_help(argv):
+      sys.exit(0)
+    raise
+
+
+def _asks_for_help(argv: list[str]) -> bool:
+  """Whether argv holds one of absl's help flags (--help, --helpfull, ...)."""
+  names = {arg.lstrip('-').split('=')[0] for arg in argv[1:]
+           if arg.startswith('-')}
+  return bool(names & _HELP_FLAGS)
 
 
 def _one_line(error: Exception, argv: list[str]) -> str:
@@ -80,6 +98,8 @@ def _one_line(error: Exception, argv: list[str]) -> str:
   if wrong_type:
     return wrong_type
   lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if isinstance(error, flags.UnrecognizedFlagError):
+    return f'{lines[0]}; pass --help for the valid flags'
   if 'Traceback' not in text:
     return lines[0]
   # A config file that raised: its last traceback line is the message, after

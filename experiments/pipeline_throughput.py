@@ -32,6 +32,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from byol_jax.data import pipelines
+from experiments import cli
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 512,
                                    'JPEGs in the synthetic dataset.')
@@ -127,4 +128,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from byol_jax import train_loop
 from byol_jax.data import sources
 from experiments.configs import byol as byol_configs
 from experiments.configs import linear_eval as linear_eval_configs
@@ -241,3 +242,30 @@ def test_corrupt_prepared_dataset_is_one_line_and_leaves_no_files(tmp_path):
       r"delete that dataset's folder in the TFDS data_dir and prepare it "
       r"again", lines[0]), lines[0]
   assert not os.listdir(workdir)  # no metrics, events or checkpoints
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(max_steps=-1), 'training.max_steps=-1; set --config.training.'
+     'max_steps to a positive step count'),
+    (dict(num_epochs=0.0), 'training.num_epochs=0.0 gives no training step'),
+])
+def test_run_that_would_train_nothing_is_refused(overrides, message):
+  config = byol_configs.get_config('demo')
+  config.training.update(**overrides)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train_loop.run_length(config, num_train_examples=60_000)
+
+
+@pytest.mark.parametrize('entry_point', ['pretrain', 'linear_eval',
+                                         'benchmark'])
+def test_help_exits_zero_and_unknown_flag_is_one_line(entry_point):
+  module = f'experiments.{entry_point}'
+  shown = subprocess.run([sys.executable, '-m', module, '--help'],
+                         capture_output=True, text=True, timeout=120)
+  assert shown.returncode == 0, shown.stderr
+  assert f'python -m {module}' in shown.stdout
+  unknown = subprocess.run([sys.executable, '-m', module, '--nonsense=1'],
+                           capture_output=True, text=True, timeout=120)
+  assert unknown.returncode == 2
+  assert unknown.stderr == ("error: Unknown command line flag 'nonsense'; "
+                            'pass --help for the valid flags\n')

@@ -299,7 +299,9 @@ def test_precomputed_protocol_stops_on_sigterm_and_resumes(
 
   with monkeypatch.context() as patch:
     patch.setattr(preemption, 'StopSignal', SignalledAtOnce)
-    with pytest.raises(preemption.Preempted, match='during the linear probe'):
+    with pytest.raises(preemption.Preempted,
+                       match='during the linear probe, before any split was '
+                       'embedded; run the same command to resume'):
       train_loop.linear_evaluation(config, str(tmp_path / 'b'))
   assert not os.path.exists(tmp_path / 'b' / 'results.json')
   resumed = train_loop.linear_evaluation(config, str(tmp_path / 'b'))
