@@ -38,7 +38,8 @@ dry_run=0
 python="${PY:-python3}"
 
 die() { echo "error: $*" >&2; exit 2; }
-need_value() { [ $# -ge 2 ] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
+# An option's value is the next argument, unless that is another option.
+need_value() { [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
 usage() {  # the comment block at the top of this file, without its '#'
   sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }
@@ -57,6 +58,8 @@ while [ $# -gt 0 ]; do
 done
 [[ "$processes" =~ ^[1-9][0-9]*$ ]] || die "--processes must be a positive integer, got '$processes'"
 [[ "$devices" =~ ^[1-9][0-9]*$ ]] || die "--devices must be a positive integer, got '$devices'"
+[ -z "$port" ] || { [[ "$port" =~ ^[1-9][0-9]*$ ]] && [ "$port" -le 65535 ]; } ||
+  die "--port must be a TCP port, 1 to 65535, got '$port'"
 [ $# -gt 0 ] || die "no entry-point flags after --; give at least --workdir and --config"
 if [ -z "$port" ]; then
   # A free port, chosen by the kernel (the coordinator binds it a moment later).

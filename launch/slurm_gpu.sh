@@ -32,7 +32,8 @@ module="experiments.pretrain"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
-need_value() { [ $# -ge 2 ] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
+# An option's value is the next argument, unless that is another option.
+need_value() { [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
 usage() {  # the comment block at the top of this file, without its '#'
   sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1; put the entry point's flags after --" ;;
   esac
 done
+[ -n "$nodes" ] || die "--nodes is required (nodes = JAX processes), e.g. --nodes 4"
 [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
 [[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer, got '$gpus'"
 [ $# -gt 0 ] || die "no entry-point flags after --; give at least --workdir and --config"

@@ -40,7 +40,8 @@ module="experiments.pretrain"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
-need_value() { [ $# -ge 2 ] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
+# An option's value is the next argument, unless that is another option.
+need_value() { [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
 usage() {  # the comment block at the top of this file, without its '#'
   sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }

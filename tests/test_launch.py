@@ -121,6 +121,21 @@ def test_bad_launcher_options_fail_with_one_line(script, options):
   assert not result.stdout
 
 
+@pytest.mark.parametrize('script, options, message', [
+    ('local_multiprocess.sh', ('--port', '99999'),
+     "--port must be a TCP port, 1 to 65535, got '99999'"),
+    ('slurm_gpu.sh', (),
+     '--nodes is required (nodes = JAX processes), e.g. --nodes 4'),
+])
+def test_out_of_range_or_missing_option_is_named(script, options, message):
+  result = subprocess.run(['bash', os.path.join(REPO, 'launch', script),
+                           '--dry-run', *options, '--', *ARGS],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr == f'error: {message}\n'
+  assert not result.stdout
+
+
 @pytest.mark.parametrize('script, options', [
     ('local_multiprocess.sh', ()),
     ('tpu_pod.sh', ('--name', 'n', '--zone', 'z', '--accelerator-type',
@@ -142,9 +157,12 @@ def test_launcher_without_entry_point_flags_fails_with_one_line(
     ('local_multiprocess.sh', '--processes'), ('tpu_pod.sh', '--name'),
     ('slurm_gpu.sh', '--nodes'), ('slurm_gpu.sh', '--partition'),
 ])
-def test_option_without_its_value_fails_with_one_line(script, option):
+@pytest.mark.parametrize('followed_by', [(), ('--dry-run', '--', *ARGS)])
+def test_option_without_its_value_fails_with_one_line(script, option,
+                                                      followed_by):
+  # An option followed by another option has no value either.
   result = subprocess.run(['bash', os.path.join(REPO, 'launch', script),
-                           '--dry-run', option],
+                           '--dry-run', option, *followed_by],
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 2
   assert result.stderr == f'error: {option} needs a value, e.g. {option} ' \
