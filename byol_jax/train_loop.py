@@ -422,6 +422,10 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
   finally:
     writer.close()
   metrics, w, b = best
+  widen = flags_to_widen_grid(grid, metrics['l2'])
+  if widen and jax.process_index() == 0:
+    print(f'warning: the chosen l2 {metrics["l2"]:.2e} is at the edge of the '
+          f'grid; a wider grid may do better, e.g. {widen}', flush=True)
   both = feature_probe.Features(*(
       np.concatenate([a, c], axis=1) for a, c in zip(train, valid)))
   moments = moments_fn(both.features, both.mask)
@@ -431,6 +435,19 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
   return classifier, dict(l2=metrics['l2'], valid_top1=metrics['valid_top1'],
                           train_loss=loss,
                           train_top1=accuracy(w, b, both, moments))
+
+
+def flags_to_widen_grid(grid: np.ndarray, chosen: float) -> str | None:
+  """Overrides that extend `grid` (descending l2s) two steps past `chosen`.
+
+  None when `chosen` lies inside the grid or the grid has one value.
+  """
+  if len(grid) < 2 or grid[0] > chosen > grid[-1]:
+    return None
+  ratio, more = grid[0] / grid[1], f'--config.probe.num_l2={len(grid) + 2}'
+  if chosen >= grid[0]:
+    return f'--config.probe.l2_max={grid[0] * ratio ** 2:.0e} {more}'
+  return f'--config.probe.l2_min={grid[-1] / ratio ** 2:.0e} {more}'
 
 
 # What a linear evaluation's results depend on, besides the encoder.

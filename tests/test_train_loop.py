@@ -376,3 +376,13 @@ def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
   np.testing.assert_array_equal(restored.w, np.ones(2))
   assert ("checkpoint written on {'processes': 2, 'devices': 8}, resuming "
           "on {'processes': 1, 'devices': 4}") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('chosen,flags', [
+    (1e-6, '--config.probe.l2_min=1e-08 --config.probe.num_l2=7'),
+    (1e-2, '--config.probe.l2_max=1e+00 --config.probe.num_l2=7'),
+    (1e-4, None),
+])
+def test_probe_grid_edge_names_the_overrides_that_widen_it(chosen, flags):
+  grid = np.geomspace(1e-2, 1e-6, 5)
+  assert train_loop.flags_to_widen_grid(grid, float(chosen)) == flags
