@@ -305,6 +305,20 @@ def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
       + (', or --config.encoder_init=random' if flag == 'checkpoint' else ''))
 
 
+# What embeddings depend on, besides the encoder; and what a linear
+# evaluation's results depend on.
+_EMBEDDING_FIELDS = ('dataset.name', 'dataset.image_size',
+                     'dataset.eval_crop_fraction')
+_EVALUATION_FIELDS = ('protocol', 'finetune') + _EMBEDDING_FIELDS
+
+
+def _field(tree: dict[str, Any], field: str) -> Any:
+  """tree['a']['b'] for field 'a.b'; None where a level is missing."""
+  for name in field.split('.'):
+    tree = tree.get(name) if isinstance(tree, dict) else None
+  return tree
+
+
 def embed_split(embed_step: Callable, replicated_state: Any,
                 config: ml_collections.ConfigDict, split: str, source: str,
                 workdir: str,
@@ -318,9 +332,8 @@ def embed_split(embed_step: Callable, replicated_state: Any,
   """
   path = os.path.join(workdir, 'features',
                       f'{split}_process{jax.process_index()}.npz')
-  made_by = dict(encoder=source, dataset=config.dataset.name,
-                 image_size=config.dataset.image_size,
-                 crop_fraction=config.dataset.eval_crop_fraction)
+  made_by = dict(encoder=source, **{
+      field: _field(config.to_dict(), field) for field in _EMBEDDING_FIELDS})
   if gfile.exists(path):
     try:
       arrays, metadata = checkpoint.load_arrays(path)
@@ -450,11 +463,6 @@ def flags_to_widen_grid(grid: np.ndarray, chosen: float) -> str | None:
   return f'--config.probe.l2_min={grid[-1] / ratio ** 2:.0e} {more}'
 
 
-# What a linear evaluation's results depend on, besides the encoder.
-_EVALUATION_FIELDS = ('protocol', 'finetune', 'dataset.name',
-                      'dataset.image_size', 'dataset.eval_crop_fraction')
-
-
 def check_same_evaluation(config: ml_collections.ConfigDict, encoder: str,
                           saved: dict[str, Any], workdir: str) -> None:
   """One-line ValueError if `workdir`'s checkpoint evaluates something else.
@@ -463,17 +471,11 @@ def check_same_evaluation(config: ml_collections.ConfigDict, encoder: str,
   dataset and image size as this run, or its results would be reported
   under this run's name. `saved`: the restored checkpoint's metadata.
   """
-
-  def value(tree, field):  # None where an older checkpoint lacks the field
-    for name in field.split('.'):
-      tree = tree.get(name) if isinstance(tree, dict) else None
-    return tree
-
   changed = [f'encoder {saved.get("encoder")} -> {encoder}'] if (
       saved.get('encoder') != encoder) else []
   for field in _EVALUATION_FIELDS:
-    old = value(saved.get('config', {}), field)
-    new = value(config.to_dict(), field)
+    old = _field(saved.get('config', {}), field)  # None: an older checkpoint
+    new = _field(config.to_dict(), field)
     if old != new:
       changed.append(f'{field} {old} -> {new}')
   if changed:
