@@ -4,13 +4,19 @@ r"""Speed of one BYOL pretraining step and of the host input pipeline.
   python -m experiments.benchmark --settings=A --conv=xla,auto
   python -m experiments.benchmark --settings= \
       --config=experiments/configs/byol.py:demo --pipeline=False
+  python -m experiments.benchmark --settings=C \
+      --compute_dtype=float32,bfloat16 --pipeline=False   # on a GPU or TPU
 
 Settings (synthetic uint8 batches, one device, paper heads 4096 → 256,
 on-device augmentations included):
   A: ResNet-18, ImageNet stem, 64 px, batch 32;
-  B: ResNet-50, ImageNet stem, 64 px, batch 16.
+  B: ResNet-50, ImageNet stem, 64 px, batch 16;
+  C: ResNet-50, ImageNet stem, 224 px, batch 128 (for an accelerator: on
+     this repo's 2-core CPUs one step takes minutes).
+The step runs on JAX's default backend; `--compute_dtype` chooses the
+networks' compute precision (the matmul peak is measured in it too).
 
-Each (setting, conv implementation) runs in its own subprocess, so compile
+Each (setting, conv implementation, dtype) runs in its own subprocess, so compile
 time, initialisation time and peak memory are its own. Reports compile and
 init time, steady-state s/step (median, min, max), images/s, XLA's FLOP count
 of the step, the achieved GFLOP/s, this machine's f32 matmul peak measured in
@@ -44,6 +50,9 @@ _CONFIG = flags.DEFINE_string(
 _CONV = flags.DEFINE_list(
     'conv', ['auto'], 'Convolution implementations to compare: auto, xla, '
     'patches (see byol_jax/conv.py).')
+_DTYPES = flags.DEFINE_list(
+    'compute_dtype', ['float32'], 'Compute precisions to compare: float32, '
+    'bfloat16 (--config.model.compute_dtype).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
 _PIPELINE = flags.DEFINE_boolean('pipeline', True,
                                  'Also measure the host input pipeline.')
@@ -54,6 +63,7 @@ _ONE = flags.DEFINE_string('one', '', 'Internal: run one measurement and '
 _BUILTIN = {
     'A': dict(depth=18, batch=32, size=64),
     'B': dict(depth=50, batch=16, size=64),
+    'C': dict(depth=50, batch=128, size=224),
 }
 
 
@@ -76,11 +86,12 @@ def _config(name: str):
   return module.get_config(preset) if preset else module.get_config()
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-  """Best f32 GFLOP/s of a jitted size×size matmul on the default device."""
+def matmul_peak_gflops(dtype: str = 'float32', size: int = 2048,
+                       repeats: int = 10) -> float:
+  """Best GFLOP/s of a jitted size×size `dtype` matmul, default device."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jnp.ones((size, size), jnp.float32)
+  a = jnp.ones((size, size), dtype)
   dot = jax.jit(jnp.dot)
   dot(a, a).block_until_ready()
   best = float('inf')
@@ -101,8 +112,8 @@ def _timed_steps(step, state, batch, steps: int) -> list[float]:
   return times
 
 
-def measure_step(name: str, steps: int) -> dict:
-  """All figures of one setting with the current conv implementation."""
+def measure_step(name: str, compute_dtype: str, steps: int) -> dict:
+  """All figures of one setting in `compute_dtype`, current conv choice."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from byol_jax import augment  # pylint: disable=g-import-not-at-top
@@ -110,6 +121,7 @@ def measure_step(name: str, steps: int) -> dict:
   from byol_jax import parallel  # pylint: disable=g-import-not-at-top
 
   config = _config(name)
+  config.model.compute_dtype = compute_dtype
   batch_size = config.training.global_batch_size
   size = config.dataset.image_size
   num_classes = 1000
@@ -164,10 +176,11 @@ def measure_step(name: str, steps: int) -> dict:
     augment_times.append(time.perf_counter() - start)
 
   median = statistics.median(times)
-  peak = matmul_peak_gflops()
+  peak = matmul_peak_gflops(compute_dtype)
   return dict(
       setting=name, depth=config.model.encoder.depth, batch=batch_size,
       image_size=size, backend=jax.default_backend(),
+      compute_dtype=compute_dtype,
       conv=os.environ.get('BYOL_JAX_CONV', 'auto'),
       compile_s=compile_s, init_s=init_s,
       step_s_median=median, step_s_min=min(times), step_s_max=max(times),
@@ -200,17 +213,16 @@ def _step_memory(compiled) -> dict[str, float]:
               step_peak_mb=arguments + outputs - donated + temp)
 
 
-def _run_one(name: str, conv: str, steps: int) -> dict:
-  env = dict(os.environ, BYOL_JAX_CONV=conv, JAX_PLATFORMS='cpu',
-             TF_CPP_MIN_LOG_LEVEL='2')
+def _run_one(name: str, conv: str, compute_dtype: str, steps: int) -> dict:
+  env = dict(os.environ, BYOL_JAX_CONV=conv, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('XLA_FLAGS', None)  # one device, whatever the caller simulates
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmark', f'--one={name}',
-       f'--steps={steps}'], env=env, capture_output=True, text=True,
-      check=False)
+       f'--compute_dtype={compute_dtype}', f'--steps={steps}'], env=env,
+      capture_output=True, text=True, check=False)
   if result.returncode:
-    raise RuntimeError(f'benchmark of {name} ({conv}) failed: '
-                       f'{result.stderr.strip().splitlines()[-1:]}')
+    raise RuntimeError(f'benchmark of {name} ({conv}, {compute_dtype}) '
+                       f'failed: {result.stderr.strip().splitlines()[-1:]}')
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -276,14 +288,16 @@ def measure_pipeline(seconds: float = 10.0) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-  header = (f'{"setting":<8}{"conv":<9}{"compile s":>10}{"init s":>8}'
+  header = (f'{"setting":<8}{"conv":<9}{"dtype":<9}{"compile s":>10}'
+            f'{"init s":>8}'
             f'{"s/step":>8}{"min":>7}{"max":>7}{"img/s":>8}{"GFLOP":>8}'
             f'{"GFLOP/s":>9}{"peak":>7}{"frac":>6}{"aug":>6}{"RSS MB":>8}'
             f'{"state MB":>9}{"temp MB":>8}{"step MB":>8}')
   lines = [header]
   for r in rows:
     lines.append(
-        f'{r["setting"]:<8}{r["conv"]:<9}{r["compile_s"]:>10.1f}'
+        f'{r["setting"]:<8}{r["conv"]:<9}{r["compute_dtype"]:<9}'
+        f'{r["compile_s"]:>10.1f}'
         f'{r["init_s"]:>8.1f}{r["step_s_median"]:>8.3f}{r["step_s_min"]:>7.3f}'
         f'{r["step_s_max"]:>7.3f}{r["images_per_s"]:>8.1f}'
         f'{r["step_gflop"]:>8.1f}{r["achieved_gflops"]:>9.1f}'
@@ -294,21 +308,35 @@ def _table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def _check_flags(names: list[str], argv: list[str]) -> None:
+  """One `error:` line and exit 2 for an unknown setting or dtype."""
+  from byol_jax import networks  # pylint: disable=g-import-not-at-top
+  for name in names:
+    if name not in _BUILTIN and ':' not in name and not name.endswith('.py'):
+      cli.exit_with(ValueError(
+          f'unknown setting {name!r}; use --settings with some of '
+          f'{",".join(_BUILTIN)}, or --config=<file>.py:<preset>'), argv)
+  for compute_dtype in _DTYPES.value:
+    if compute_dtype not in networks.COMPUTE_DTYPES:
+      cli.exit_with(ValueError(
+          f'unknown --compute_dtype {compute_dtype!r}; use some of '
+          f'{",".join(networks.COMPUTE_DTYPES)}'), argv)
+
+
 def main(argv):
-  del argv
   if _ONE.value:
-    print(json.dumps(measure_step(_ONE.value, _STEPS.value)))
+    (compute_dtype,) = _DTYPES.value
+    print(json.dumps(measure_step(_ONE.value, compute_dtype, _STEPS.value)))
     return
   names = [s for s in _SETTINGS.value if s] + (
       [_CONFIG.value] if _CONFIG.value else [])
-  for name in names:
-    if name not in _BUILTIN and ':' not in name and not name.endswith('.py'):
-      raise app.UsageError(f'unknown setting {name!r}; use A, B or --config')
+  _check_flags(names, argv)
   rows = []
   for name in names:
     for conv in _CONV.value:
-      rows.append(_run_one(name, conv, _STEPS.value))
-      print(_table(rows[-1:]).splitlines()[-1], flush=True)
+      for compute_dtype in _DTYPES.value:
+        rows.append(_run_one(name, conv, compute_dtype, _STEPS.value))
+        print(_table(rows[-1:]).splitlines()[-1], flush=True)
   results = dict(steps=rows)
   if _PIPELINE.value:
     results['pipeline'] = measure_pipeline()

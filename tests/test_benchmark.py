@@ -1,5 +1,6 @@
 """The benchmark loads --config files through public Python only."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,3 +32,38 @@ def test_config_file_loads_without_ml_collections_internals(name, module,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == ['same']
+
+
+def test_benchmark_compares_compute_dtypes_of_a_config(tmp_path):
+  config_file = tmp_path / 'tiny_config.py'
+  config_file.write_text('from tests import tiny\n\n\n'
+                         'def get_config():\n'
+                         '  return tiny.pretrain_config()\n')
+  output = tmp_path / 'benchmark.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark', '--settings=',
+       f'--config={config_file}', '--compute_dtype=float32,bfloat16',
+       '--steps=2', '--pipeline=False', f'--output={output}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  rows = json.loads(output.read_text())['steps']
+  assert [r['compute_dtype'] for r in rows] == ['float32', 'bfloat16']
+  for row in rows:
+    assert row['batch'] == 16 and row['image_size'] == 16
+    assert row['step_gflop'] > 0 and row['matmul_peak_gflops'] > 0
+    assert 0 < row['step_s_min'] <= row['step_s_median'] <= row['step_s_max']
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--settings=D', "unknown setting 'D'; use --settings with some of A,B,C"),
+    ('--compute_dtype=float16',
+     "unknown --compute_dtype 'float16'; use some of float32,bfloat16"),
+])
+def test_benchmark_refuses_unknown_setting_or_dtype(flag, message):
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.benchmark', flag,
+       '--pipeline=False'], cwd=REPO, capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.startswith(f'error: {message}')
+  assert len(result.stderr.splitlines()) == 1
