@@ -28,8 +28,9 @@ _LINEAR_TRAIN_STREAM = 1
 
 # Examples permuted together in one epoch: a full shuffle for datasets up to
 # this size (Fashion-MNIST, CIFAR). Larger shards are permuted block by
-# block; TFDS stores examples in a shuffled order, so blocks are already
-# mixed. Blocks hold encoded images (ImageNet: ~110 kB each).
+# block; TFDS stores examples in a shuffled order and an image folder is
+# listed in one (image_folder.py), so blocks are already mixed. Blocks hold
+# encoded images (ImageNet: ~110 kB each).
 DEFAULT_SHUFFLE_WINDOW = 50_000
 
 # Shards whose decoded images take at most this many bytes are cached in
