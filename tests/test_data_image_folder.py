@@ -297,3 +297,34 @@ def test_missing_data_dir_or_test_folder_says_what_to_pass(tmp_path):
     sources.load_split(NAME, 'test', root, fashion_mnist_dir='',
                        process_index=0, process_count=1,
                        shuffle_files=False, seed=0)
+
+
+def _truncate(path):
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) // 2])
+
+
+def test_image_that_fails_to_decode_in_tf_data_is_named(tmp_path):
+  root = str(tmp_path)
+  make_folder(root, num_per_class=2)
+  truncated = os.path.join(root, 'train', 'cat', 'cat0.jpg')
+  _truncate(truncated)
+  common = dict(data_dir=root, fashion_mnist_dir='', global_batch_size=4,
+                num_local_devices=2, process_index=0, process_count=1,
+                image_size=SIZE)
+  # It passes the check of first bytes; decoding fails inside tf.data.
+  sources.dataset_spec(NAME, root, fashion_mnist_dir='')
+  with pytest.raises(DatasetError) as error:
+    list(itertools.islice(pipelines.pretrain_batches(NAME, seed=0, **common),
+                          3))
+  assert str(error.value) == (f'{truncated} cannot be decoded (truncated or '
+                              'corrupt): remove or replace it.')
+  _truncate(os.path.join(root, 'test', 'dog', 'dog0.jpg'))
+  _truncate(os.path.join(root, 'test', 'bee', 'bee0.jpg'))
+  with pytest.raises(DatasetError) as error:
+    list(pipelines.eval_batches(NAME, 'test', crop_fraction=1.0, **common))
+  assert str(error.value) == (
+      f"2 images of {root} (split 'test') cannot be decoded (truncated or "
+      f'corrupt), e.g. {root}/test/bee/bee0.jpg: remove or replace them.')

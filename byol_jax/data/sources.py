@@ -321,6 +321,35 @@ def _read_files(files: image_folder.Files, decode: bool) -> tf.data.Dataset:
                 deterministic=True).with_options(options)
 
 
+def check_decodable(name: str, split: str, data_dir: str | None, *,
+                    process_index: int, process_count: int) -> None:
+  """Decodes every image of this process's shard of `split` eagerly.
+
+  What to call once tf.data failed to decode an image, since its error does
+  not name the file. The images are decoded in parallel, one thread per CPU.
+  Does nothing for TFDS datasets (their examples are not files of ours).
+
+  Raises:
+    DatasetError: naming how many images do not decode, and the first.
+  """
+  if name != image_folder.NAME:
+    return
+  def problem(path):
+    try:
+      decode_rgb(tf.io.read_file(path))
+    except tf.errors.OpError as e:
+      return str(e)
+    return None
+  files = _folder_files(data_dir, split, process_index, process_count)
+  bad = image_folder.find_problems(files.paths, problem,
+                                   threads=os.cpu_count() or 1)
+  if bad:
+    raise image_folder.files_error(
+        [path for path, _ in bad], 'cannot be decoded (truncated or corrupt)',
+        f'images of {data_dir} (split {split!r}) cannot be decoded '
+        '(truncated or corrupt)', 'remove or replace {it}')
+
+
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
   """Encoded JPEG/PNG/GIF/BMP bytes (tf.string scalar) -> uint8[H, W, 3]."""
   # channels=3 also expands grayscale, matching load_split(decode=True);
