@@ -1,12 +1,15 @@
 """Image folders: splits, shards, decoding, batches and one-line errors.
 
 Each test writes its own tiny folder of random JPEGs and PNGs of several
-sizes, some grayscale.
+sizes, some grayscale; two run the real entry points on one.
 """
 
 import itertools
+import json
 import os
 import shutil
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -17,7 +20,9 @@ from byol_jax.data import image_folder
 from byol_jax.data import pipelines
 from byol_jax.data import sources
 from byol_jax.data.errors import DatasetError
+from tests import tiny
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = image_folder.NAME
 CLASSES = ('ant', 'bee', 'cat', 'dog')
 TEST_CLASSES = CLASSES[1:]  # a subset: labels must still be train's indices
@@ -328,3 +333,60 @@ def test_image_that_fails_to_decode_in_tf_data_is_named(tmp_path):
   assert str(error.value) == (
       f"2 images of {root} (split 'test') cannot be decoded (truncated or "
       f'corrupt), e.g. {root}/test/bee/bee0.jpg: remove or replace them.')
+
+
+def _run(module, *flags):
+  return subprocess.run([sys.executable, '-m', module, *flags], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_pretrain_then_linear_eval_on_an_image_folder(folder, tmp_path):
+  root, _ = folder
+  workdir = str(tmp_path / 'pretrain')
+  pretrain = _run('experiments.pretrain', *tiny.pretrain_flags(
+      data_dir=root, fashion_mnist_dir='/unused', workdir=workdir,
+      total_steps=2), f'--config.dataset.name={NAME}')
+  assert pretrain.returncode == 0, pretrain.stderr
+  assert f'pretraining on {NAME}: 40 images' in pretrain.stdout
+  evaluation = _run(
+      'experiments.linear_eval', f'--workdir={tmp_path / "eval"}',
+      '--config=experiments/configs/linear_eval.py:demo',
+      f'--config.checkpoint={workdir}', f'--config.dataset.name={NAME}',
+      f'--config.dataset.data_dir={root}',
+      f'--config.dataset.image_size={SIZE}',
+      '--config.model.encoder.width_multiplier=0.125',
+      '--config.model.encoder.small_image_stem=True',
+      '--config.probe.num_l2=2', '--config.probe.lbfgs_iterations=5',
+      '--config.eval.global_batch_size=8')
+  assert evaluation.returncode == 0, evaluation.stderr
+  with open(tmp_path / 'eval' / 'results.json') as f:
+    results = json.load(f)
+  assert results['protocol'] == 'precomputed'
+  assert results['num_examples'] == 9 and 0 <= results['top1'] <= 1
+
+
+def _truncated_jpeg(root):
+  make_folder(root, num_per_class=4, test_folder=None)
+  _truncate(os.path.join(root, 'train', 'dog', 'dog2.JPEG'))
+
+
+@pytest.mark.parametrize('make,message', [
+    # Found when the folder is listed, before any work.
+    (_renamed_text, 'train/cat/fake.JPG is not a JPEG, PNG, GIF or BMP image '
+                    '(by its first bytes): remove or replace it.'),
+    # Found by tf.data in the first batch, inside the training loop.
+    (_truncated_jpeg, 'train/dog/dog2.JPEG cannot be decoded (truncated or '
+                      'corrupt): remove or replace it.'),
+], ids=['first_bytes', 'decode'])
+def test_unreadable_image_exits_2_with_one_error_line(tmp_path, make,
+                                                      message):
+  root = str(tmp_path / 'root')
+  make(root)
+  result = _run('experiments.pretrain', *tiny.pretrain_flags(
+      data_dir=root, fashion_mnist_dir='/unused',
+      workdir=str(tmp_path / 'run'), total_steps=2),
+      f'--config.dataset.name={NAME}')
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith('error:')]
+  assert errors == [f'error: {root}/{message}'], result.stderr
