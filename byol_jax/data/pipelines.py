@@ -4,6 +4,9 @@ Every batch is a dict of numpy arrays whose leading two axes are
 [num_local_devices, per_device], ready for `device_feed.prefetch_to_devices`.
 Images are uint8 RGB; flips (pretraining) and colour ops run on the device.
 
+An image that fails to decode inside tf.data (a truncated JPEG of an image
+folder) stops the stream with a DatasetError that names the file.
+
 Training streams are pure functions of (dataset, seed, process, step): each
 epoch is a stateless permutation seeded by (seed, epoch) and each example's
 crops are seeded by (seed, epoch, position in the epoch). Nothing depends on
@@ -28,8 +31,9 @@ _LINEAR_TRAIN_STREAM = 1
 
 # Examples permuted together in one epoch: a full shuffle for datasets up to
 # this size (Fashion-MNIST, CIFAR). Larger shards are permuted block by
-# block; TFDS stores examples in a shuffled order, so blocks are already
-# mixed. Blocks hold encoded images (ImageNet: ~110 kB each).
+# block; TFDS stores examples in a shuffled order and an image folder is
+# listed in one (image_folder.py), so blocks are already mixed. Blocks hold
+# encoded images (ImageNet: ~110 kB each).
 DEFAULT_SHUFFLE_WINDOW = 50_000
 
 # Shards whose decoded images take at most this many bytes are cached in
@@ -122,16 +126,44 @@ def _train_stream(name: str, split: str, *, data_dir: str,
       k, sources.decode_rgb(encoded), label))
 
 
-def _to_numpy_batches(ds: tf.data.Dataset, per_device: int,
-                      num_local_devices: int) -> Iterator[dict[str, np.ndarray]]:
+def _naming_undecodable_files(
+    batches: Iterator[dict[str, np.ndarray]], name: str, split: str,
+    data_dir: str | None, process_index: int, process_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """`batches`, where a decode error becomes a DatasetError naming the file.
+
+  tf.data's InvalidArgumentError says only that decoding failed; the shard's
+  images are then decoded one by one to find which did
+  (sources.check_decodable). If none fails, or the dataset is not an image
+  folder, the original error is raised.
+  """
+  try:
+    yield from batches
+  except tf.errors.InvalidArgumentError:
+    sources.check_decodable(name, split, data_dir,
+                            process_index=process_index,
+                            process_count=process_count)
+    raise
+
+
+def _to_numpy_batches(
+    ds: tf.data.Dataset, per_device: int, num_local_devices: int, *,
+    name: str, split: str, data_dir: str | None, process_index: int,
+    process_count: int) -> Iterator[dict[str, np.ndarray]]:
+  """Device-shaped numpy batches of `ds`, which reads `split` of `name`.
+
+  The remaining arguments say which shard `ds` reads, to name an image that
+  fails to decode.
+  """
   ds = ds.batch(per_device, drop_remainder=True)
   ds = ds.batch(num_local_devices, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
   # One thread per op, parallelism across examples (as the reference sets).
   options.threading.max_intra_op_parallelism = 1
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(
-      options).as_numpy_iterator()
+  return _naming_undecodable_files(
+      ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator(),
+      name, split, data_dir, process_index, process_count)
 
 
 def pretrain_batches(
@@ -183,8 +215,10 @@ def pretrain_batches(
         for view in (0, 1))
     return {'view1': view1, 'view2': view2, 'labels': label}
 
-  return _to_numpy_batches(_parallel_map(ds, two_views), per_device,
-                           num_local_devices)
+  return _to_numpy_batches(
+      _parallel_map(ds, two_views), per_device, num_local_devices, name=name,
+      split=split, data_dir=data_dir, process_index=process_index,
+      process_count=process_count)
 
 
 def linear_train_batches(
@@ -222,8 +256,10 @@ def linear_train_batches(
     image = tf.image.stateless_random_flip_left_right(image, _fold_in(key, 1))
     return {'images': image, 'labels': label, 'mask': tf.constant(True)}
 
-  return _to_numpy_batches(_parallel_map(ds, crop_and_flip), per_device,
-                           num_local_devices)
+  return _to_numpy_batches(
+      _parallel_map(ds, crop_and_flip), per_device, num_local_devices,
+      name=name, split=split, data_dir=data_dir, process_index=process_index,
+      process_count=process_count)
 
 
 def num_eval_batches(split_size: int, global_batch_size: int,
@@ -283,5 +319,7 @@ def eval_batches(
       'labels': tf.constant(0, tf.int32),
       'mask': tf.constant(False),
   }).repeat(num_padding)
-  return _to_numpy_batches(_parallel_map(ds, center).concatenate(padding),
-                           per_device, num_local_devices)
+  return _to_numpy_batches(
+      _parallel_map(ds, center).concatenate(padding), per_device,
+      num_local_devices, name=name, split=split, data_dir=data_dir,
+      process_index=process_index, process_count=process_count)

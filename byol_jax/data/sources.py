@@ -18,6 +18,11 @@ use 'train_and_valid' and final numbers are reported on 'test'.
 Each split is cut into `process_count` contiguous, disjoint ranges that cover
 it; process i reads only range i, as absolute example indices, so no process
 reads data that it then throws away.
+
+The name 'image_folder' reads images in class folders instead of TFDS (see
+image_folder.py), with data_dir the folder: 'train', 'valid' and
+'train_and_valid' cut train/'s images (in their fixed pseudo-random order)
+as TFDS's train split above, and 'test' is the test folder.
 """
 
 from collections.abc import Iterator, Mapping
@@ -30,6 +35,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from byol_jax.data import fashion_mnist
+from byol_jax.data import image_folder
 from byol_jax.data.errors import DatasetError
 
 SPLITS = ('train', 'valid', 'train_and_valid', 'test')
@@ -166,12 +172,48 @@ def _tfds_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
   return {k: v.num_examples for k, v in builder.info.splits.items()}
 
 
+def _folder_listing(data_dir: str | None) -> image_folder.Listing:
+  if not data_dir:
+    raise DatasetError(
+        f'dataset {image_folder.NAME} reads a folder of images: pass '
+        '--config.dataset.data_dir=<folder> with images in '
+        '<folder>/train/<class>/<image>.')
+  return image_folder.scan(data_dir)
+
+
+def _folder_files(data_dir: str | None, split: str, process_index: int = 0,
+                  process_count: int = 1) -> image_folder.Files:
+  """The images of this process's shard of `split` of an image folder."""
+  listing = _folder_listing(data_dir)
+  if split == 'test':
+    if listing.test is None:
+      raise DatasetError(
+          f'{data_dir} has no {", ".join(image_folder.TEST_FOLDERS[:-1])} or '
+          f'{image_folder.TEST_FOLDERS[-1]} folder, needed for the test '
+          f'split: put test images in {data_dir}/test/<class>/<image>.')
+    files, start, end = listing.test, 0, len(listing.test.paths)
+  else:
+    files = listing.train
+    _, start, end = split_range(image_folder.NAME, split,
+                                {'train': len(files.paths)})
+  start, end = shard_range(start, end, process_index, process_count)
+  return image_folder.Files(files.paths[start:end], files.labels[start:end])
+
+
 def dataset_spec(name: str, data_dir: str, *,
                  fashion_mnist_dir: str) -> DatasetSpec:
   """Image shape, number of classes and split sizes of a prepared dataset.
 
-  split_sizes lists the splits of SPLITS that the dataset has.
+  split_sizes lists the splits of SPLITS that the dataset has. An image
+  folder's image_shape is (None, None, 3): its images may differ in size.
   """
+  if name == image_folder.NAME:
+    listing = _folder_listing(data_dir)
+    has_test = listing.test is not None
+    return DatasetSpec(
+        image_shape=(None, None, 3), num_classes=len(listing.classes),
+        split_sizes={split: len(_folder_files(data_dir, split).paths)
+                     for split in SPLITS if split != 'test' or has_test})
   builder = get_builder(name, data_dir, fashion_mnist_dir=fashion_mnist_dir)
   image_key, label_key = builder.info.supervised_keys or ('image', 'label')
   features = builder.info.features
@@ -193,8 +235,12 @@ def num_examples(name: str, split: str, data_dir: str, *,
   """Examples in this process's shard of `split` (the whole split by default).
 
   Raises:
-    DatasetError: see get_builder; also a dataset without that split.
+    DatasetError: see get_builder and image_folder.scan; also a dataset
+      without that split.
   """
+  if name == image_folder.NAME:
+    return len(_folder_files(data_dir, split, process_index,
+                             process_count).paths)
   builder = get_builder(name, data_dir, fashion_mnist_dir=fashion_mnist_dir)
   _, start, end = split_range(builder.name, split, _tfds_sizes(builder))
   start, end = shard_range(start, end, process_index, process_count)
@@ -209,14 +255,15 @@ def load_split(name: str, split: str, data_dir: str, *,
 
   Args:
     name: TFDS name ('fashion_mnist', 'cifar10', 'imagenet2012:5.*.*', ...)
-      of a dataset with an image and a label feature.
+      of a dataset with an image and a label feature, or 'image_folder'.
     split: one of SPLITS.
-    data_dir: the TFDS data directory.
+    data_dir: the TFDS data directory; for 'image_folder', the folder.
     fashion_mnist_dir: where the Fashion-MNIST IDX files are (used only when
       `fashion_mnist` must be prepared).
     process_index, process_count: which shard to read, out of how many.
     shuffle_files: read the shard's files in a seeded random order (the order
-      of examples inside a file is kept).
+      of examples inside a file is kept). An image folder is always read in
+      its fixed order.
     seed: seed of that file order.
     decode: False keeps images encoded (a tf.string scalar; `decode_rgb`
       decodes it), which is ~5x smaller to hold in a shuffle buffer.
@@ -226,9 +273,12 @@ def load_split(name: str, split: str, data_dir: str, *,
     3 channels. Element order is a pure function of the arguments.
 
   Raises:
-    DatasetError: see get_builder; also a dataset without that split, or
-      images with 2 or 4 channels.
+    DatasetError: see get_builder and image_folder.scan; also a dataset
+      without that split, or images with 2 or 4 channels.
   """
+  if name == image_folder.NAME:
+    return _read_files(
+        _folder_files(data_dir, split, process_index, process_count), decode)
   builder = get_builder(name, data_dir, fashion_mnist_dir=fashion_mnist_dir)
   image_key = (builder.info.supervised_keys or ('image',))[0]
   channels = builder.info.features[image_key].shape[-1]
@@ -256,7 +306,52 @@ def load_split(name: str, split: str, data_dir: str, *,
                 deterministic=True).with_options(options)
 
 
+def _read_files(files: image_folder.Files, decode: bool) -> tf.data.Dataset:
+  """(image, label int32) of each file, as load_split's result."""
+  def read(path, label):
+    data = tf.io.read_file(path)
+    return (decode_rgb(data) if decode else data), label
+  ds = tf.data.Dataset.from_tensor_slices(
+      (tf.constant(files.paths, tf.string),
+       tf.constant(files.labels, tf.int32)))
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.map(tf.autograph.experimental.do_not_convert(read),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True).with_options(options)
+
+
+def check_decodable(name: str, split: str, data_dir: str | None, *,
+                    process_index: int, process_count: int) -> None:
+  """Decodes every image of this process's shard of `split` eagerly.
+
+  What to call once tf.data failed to decode an image, since its error does
+  not name the file. The images are decoded in parallel, one thread per CPU.
+  Does nothing for TFDS datasets (their examples are not files of ours).
+
+  Raises:
+    DatasetError: naming how many images do not decode, and the first.
+  """
+  if name != image_folder.NAME:
+    return
+  def problem(path):
+    try:
+      decode_rgb(tf.io.read_file(path))
+    except tf.errors.OpError as e:
+      return str(e)
+    return None
+  files = _folder_files(data_dir, split, process_index, process_count)
+  bad = image_folder.find_problems(files.paths, problem,
+                                   threads=os.cpu_count() or 1)
+  if bad:
+    raise image_folder.files_error(
+        [path for path, _ in bad], 'cannot be decoded (truncated or corrupt)',
+        f'images of {data_dir} (split {split!r}) cannot be decoded '
+        '(truncated or corrupt)', 'remove or replace {it}')
+
+
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
-  """Encoded PNG/JPEG bytes (tf.string scalar) -> uint8[H, W, 3]."""
-  # channels=3 also expands grayscale, matching load_split(decode=True).
+  """Encoded JPEG/PNG/GIF/BMP bytes (tf.string scalar) -> uint8[H, W, 3]."""
+  # channels=3 also expands grayscale, matching load_split(decode=True);
+  # an animated GIF gives its first frame.
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)

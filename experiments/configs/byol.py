@@ -6,7 +6,9 @@ reference's lr / weight decay / τ_base per length; batch 4096, LARS, 10
 warm-up epochs) and encoder `resnet50x1` (default), `resnet50x2`,
 `resnet50x4`, `resnet200x2` (the paper's Table 1) or any `resnet<depth>x<w>`
 of depths 18-200. The released checkpoints are `1000ep,resnet50x1` and
-`1000ep,resnet200x2`.
+`1000ep,resnet200x2`. Any preset trains on your own images in class
+folders (ROOT/train/<class>/<image>, see the README) with
+`--config.dataset.name=image_folder --config.dataset.data_dir=ROOT`.
 
   python -m experiments.pretrain --workdir=gs://BUCKET/byol_1000ep_r50x1 \
       --config=experiments/configs/byol.py:1000ep \
@@ -90,8 +92,13 @@ def imagenet_config(epochs: int, base_lr: float, weight_decay: float,
       init_from='',
       init_from_opt_state=False,
       dataset=dict(
+          # A TFDS name, or 'image_folder': your own images, in
+          # data_dir/train/<class>/<image> (and data_dir/test/..., see
+          # byol_jax/data/image_folder.py and the README).
           name='imagenet2012',
-          data_dir='',  # '' = TFDS's default (~/tensorflow_datasets).
+          # The TFDS data directory ('' = TFDS's default,
+          # ~/tensorflow_datasets); for 'image_folder', the image folder.
+          data_dir='',
           fashion_mnist_dir='/usr/share/datasets/fashion-mnist',
           # As in the reference: all of ImageNet's train split (TFDS train);
           # 'train' holds out its first 10,000 images as 'valid'.

@@ -54,6 +54,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
       # and L-BFGS iterations per value (warm-started from the previous).
       probe=dict(l2_max=1e5, l2_min=1e-6, num_l2=45, lbfgs_iterations=100),
       dataset=dict(
+          # As in byol.py: a TFDS name and its data directory, or
+          # 'image_folder' and the image folder (test split: its test/,
+          # val/ or validation/ folder).
           name='imagenet2012',
           data_dir='',
           fashion_mnist_dir='/usr/share/datasets/fashion-mnist',
