@@ -29,6 +29,7 @@ from byol_jax import preemption
 from byol_jax import progress
 from byol_jax import reference_checkpoint
 from byol_jax.data import device_feed
+from byol_jax.data import image_folder
 from byol_jax.data import pipelines
 from byol_jax.data import sources
 
@@ -306,10 +307,19 @@ def resolve_checkpoint(path: str, flag: str = 'checkpoint') -> str:
 
 
 # What embeddings depend on, besides the encoder; and what a linear
-# evaluation's results depend on.
+# evaluation's results depend on. An image folder's images are also named by
+# its data_dir (a TFDS dataset is the same wherever its data_dir is).
 _EMBEDDING_FIELDS = ('dataset.name', 'dataset.image_size',
                      'dataset.eval_crop_fraction')
 _EVALUATION_FIELDS = ('protocol', 'finetune') + _EMBEDDING_FIELDS
+
+
+def _identity_fields(config: ml_collections.ConfigDict,
+                     fields: tuple[str, ...]) -> tuple[str, ...]:
+  """`fields`, plus dataset.data_dir when the dataset is an image folder."""
+  if config.dataset.name == image_folder.NAME:
+    return fields + ('dataset.data_dir',)
+  return fields
 
 
 def _field(tree: dict[str, Any], field: str) -> Any:
@@ -333,7 +343,8 @@ def embed_split(embed_step: Callable, replicated_state: Any,
   path = os.path.join(workdir, 'features',
                       f'{split}_process{jax.process_index()}.npz')
   made_by = dict(encoder=source, **{
-      field: _field(config.to_dict(), field) for field in _EMBEDDING_FIELDS})
+      field: _field(config.to_dict(), field)
+      for field in _identity_fields(config, _EMBEDDING_FIELDS)})
   if gfile.exists(path):
     try:
       arrays, metadata = checkpoint.load_arrays(path)
@@ -473,7 +484,7 @@ def check_same_evaluation(config: ml_collections.ConfigDict, encoder: str,
   """
   changed = [f'encoder {saved.get("encoder")} -> {encoder}'] if (
       saved.get('encoder') != encoder) else []
-  for field in _EVALUATION_FIELDS:
+  for field in _identity_fields(config, _EVALUATION_FIELDS):
     old = _field(saved.get('config', {}), field)  # None: an older checkpoint
     new = _field(config.to_dict(), field)
     if old != new:

@@ -386,3 +386,17 @@ def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
 def test_probe_grid_edge_names_the_overrides_that_widen_it(chosen, flags):
   grid = np.geomspace(1e-2, 1e-6, 5)
   assert train_loop.flags_to_widen_grid(grid, float(chosen)) == flags
+
+
+def test_an_image_folder_is_part_of_the_evaluations_identity():
+  config = tiny.linear_eval_config()
+  config.dataset.update(name='image_folder', data_dir='/data/a')
+  saved = dict(encoder='runs/a', config=config.to_dict())
+  train_loop.check_same_evaluation(config, 'runs/a', saved, 'eval')
+  config.dataset.data_dir = '/data/b'
+  with pytest.raises(ValueError, match='dataset.data_dir /data/a -> /data/b'):
+    train_loop.check_same_evaluation(config, 'runs/a', saved, 'eval')
+  # A TFDS dataset is the same wherever its data_dir is.
+  config.dataset.name = 'fashion_mnist'
+  saved['config']['dataset']['name'] = 'fashion_mnist'
+  train_loop.check_same_evaluation(config, 'runs/a', saved, 'eval')
