@@ -428,11 +428,13 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
                                       enabled=jax.process_index() == 0)
   meter = progress.Progress(len(grid), 0, 0)
   best = None
+  valid_top1s = []  # one per l2 of the grid
   moments = moments_fn(train.features, train.mask)
   try:
     for index, l2 in enumerate(grid, start=1):
       w, b, loss = fit_on(train, moments, w, b, l2)
       valid_top1 = accuracy(w, b, valid, moments)
+      valid_top1s.append(valid_top1)
       metrics = dict(l2=float(l2), log10_l2=float(np.log10(l2)),
                      train_loss=loss, valid_top1=valid_top1)
       writer.write(index, metrics)
@@ -446,10 +448,9 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
   finally:
     writer.close()
   metrics, w, b = best
-  widen = flags_to_widen_grid(grid, metrics['l2'])
-  if widen and jax.process_index() == 0:
-    print(f'warning: the chosen l2 {metrics["l2"]:.2e} is at the edge of the '
-          f'grid; a wider grid may do better, e.g. {widen}', flush=True)
+  warning = grid_edge_warning(grid, valid_top1s)
+  if warning and jax.process_index() == 0:
+    print(warning, flush=True)
   both = feature_probe.Features(*(
       np.concatenate([a, c], axis=1) for a, c in zip(train, valid)))
   moments = moments_fn(both.features, both.mask)
@@ -461,17 +462,31 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
                           train_top1=accuracy(w, b, both, moments))
 
 
-def flags_to_widen_grid(grid: np.ndarray, chosen: float) -> str | None:
-  """Overrides that extend `grid` (descending l2s) two steps past `chosen`.
+def grid_edge_warning(grid: np.ndarray,
+                      valid_top1s: list[float]) -> str | None:
+  """A warning if the best l2 is at an end of the grid and beats its neighbour.
 
-  None when `chosen` lies inside the grid or the grid has one value.
+  The warning gives the overrides that extend the grid two values past that
+  end; None if there is nothing to warn about.
+
+  Args:
+    grid: the l2 values, descending.
+    valid_top1s: the valid top-1 of each (the first best one is chosen).
   """
-  if len(grid) < 2 or grid[0] > chosen > grid[-1]:
+  best = int(np.argmax(valid_top1s))
+  if len(grid) < 2 or 0 < best < len(grid) - 1:
     return None
+  inner = 1 if best == 0 else len(grid) - 2
+  if valid_top1s[best] <= valid_top1s[inner]:
+    return None  # a tie: nothing suggests that further values do better
   ratio, more = grid[0] / grid[1], f'--config.probe.num_l2={len(grid) + 2}'
-  if chosen >= grid[0]:
-    return f'--config.probe.l2_max={grid[0] * ratio ** 2:.0e} {more}'
-  return f'--config.probe.l2_min={grid[-1] / ratio ** 2:.0e} {more}'
+  flags = (f'--config.probe.l2_max={grid[0] * ratio ** 2:.0e} {more}'
+           if best == 0 else
+           f'--config.probe.l2_min={grid[-1] / ratio ** 2:.0e} {more}')
+  return (f'warning: the chosen l2 {grid[best]:.2e} is at the edge of the '
+          f'grid (valid top-1 {valid_top1s[best]:.4f}, against '
+          f'{valid_top1s[inner]:.4f} at {grid[inner]:.2e}); a wider grid may '
+          f'do better, e.g. {flags}')
 
 
 def check_same_evaluation(config: ml_collections.ConfigDict, encoder: str,

@@ -378,14 +378,22 @@ def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
           "on {'processes': 1, 'devices': 4}") in capsys.readouterr().out
 
 
-@pytest.mark.parametrize('chosen,flags', [
-    (1e-6, '--config.probe.l2_min=1e-08 --config.probe.num_l2=7'),
-    (1e-2, '--config.probe.l2_max=1e+00 --config.probe.num_l2=7'),
-    (1e-4, None),
+@pytest.mark.parametrize('valid_top1s,warning', [
+    ([0.80, 0.84, 0.86, 0.865, 0.867],
+     'warning: the chosen l2 1.00e-06 is at the edge of the grid (valid '
+     'top-1 0.8670, against 0.8650 at 1.00e-05); a wider grid may do better, '
+     'e.g. --config.probe.l2_min=1e-08 --config.probe.num_l2=7'),
+    ([0.9, 0.8, 0.7, 0.6, 0.5],
+     'warning: the chosen l2 1.00e-02 is at the edge of the grid (valid '
+     'top-1 0.9000, against 0.8000 at 1.00e-03); a wider grid may do better, '
+     'e.g. --config.probe.l2_max=1e+00 --config.probe.num_l2=7'),
+    ([0.8, 0.85, 0.86, 0.85, 0.8], None),  # best inside the grid
+    ([0.5, 0.5, 0.4, 0.3, 0.2], None),  # a tie with its neighbour
 ])
-def test_probe_grid_edge_names_the_overrides_that_widen_it(chosen, flags):
+def test_probe_grid_edge_warns_with_the_overrides_that_widen_it(valid_top1s,
+                                                                warning):
   grid = np.geomspace(1e-2, 1e-6, 5)
-  assert train_loop.flags_to_widen_grid(grid, float(chosen)) == flags
+  assert train_loop.grid_edge_warning(grid, valid_top1s) == warning
 
 
 def test_an_image_folder_is_part_of_the_evaluations_identity():
