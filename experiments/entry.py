@@ -47,12 +47,18 @@ def enable_compilation_cache() -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
-def run(job: Callable[[Any, str], Any], config: Any) -> None:
+def run(job: Callable[[Any, str], Any], config: Any, argv: list[str]) -> None:
   """Runs `job(config, workdir)` on this host's share of the run.
 
-  User errors become one line and exit 2; a run stopped by SIGTERM/SIGINT
-  exits with `preemption.EXIT_CODE` (75) after its checkpoint is written.
+  `argv` is what absl left after the flags: only the program's name. User
+  errors become one line and exit 2; a run stopped by SIGTERM/SIGINT exits
+  with `preemption.EXIT_CODE` (75) after its checkpoint is written.
   """
+  if argv[1:]:
+    # A forgotten `--` would otherwise start a run without that override.
+    print(f'error: unexpected argument {argv[1]!r}; every setting is a flag, '
+          'e.g. --config.training.max_steps=3', file=sys.stderr, flush=True)
+    sys.exit(2)
   from byol_jax import multihost  # pylint: disable=g-import-not-at-top
   from byol_jax import preemption  # pylint: disable=g-import-not-at-top
   hide_accelerators_from_tensorflow()

@@ -9,18 +9,23 @@ Exit status and multi-host flags as experiments/pretrain.py.
 """
 
 from absl import app
+from absl import flags
 
 from byol_jax import train_loop
 from experiments import cli
 from experiments import entry
 
 _CONFIG = cli.define_config(cli.config_path('linear_eval.py:demo'),
-                            'Linear evaluation config.')
+                            'Linear evaluation config, file.py:preset; set '
+                            'any field with --config.a.b=value.')
+
+# --help lists the flags of these modules too (--config, --workdir, hosts).
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(entry)
 
 
 def main(argv):
-  del argv
-  entry.run(train_loop.linear_evaluation, _CONFIG.value)
+  entry.run(train_loop.linear_evaluation, _CONFIG.value, argv)
 
 
 if __name__ == '__main__':

@@ -11,18 +11,23 @@ hosts: see launch/ (or pass --coordinator_address, --num_processes and
 """
 
 from absl import app
+from absl import flags
 
 from byol_jax import train_loop
 from experiments import cli
 from experiments import entry
 
 _CONFIG = cli.define_config(cli.config_path('byol.py:demo'),
-                            'Pretraining config.')
+                            'Pretraining config, file.py:preset; set any '
+                            'field with --config.a.b=value.')
+
+# --help lists the flags of these modules too (--config, --workdir, hosts).
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(entry)
 
 
 def main(argv):
-  del argv
-  entry.run(train_loop.pretrain, _CONFIG.value)
+  entry.run(train_loop.pretrain, _CONFIG.value, argv)
 
 
 if __name__ == '__main__':

@@ -264,8 +264,19 @@ def test_help_exits_zero_and_unknown_flag_is_one_line(entry_point):
                          capture_output=True, text=True, timeout=120)
   assert shown.returncode == 0, shown.stderr
   assert f'python -m {module}' in shown.stdout
+  if entry_point != 'benchmark':  # its flags are its own module's
+    assert '--config:' in shown.stdout and '--workdir:' in shown.stdout
   unknown = subprocess.run([sys.executable, '-m', module, '--nonsense=1'],
                            capture_output=True, text=True, timeout=120)
   assert unknown.returncode == 2
   assert unknown.stderr == ("error: Unknown command line flag 'nonsense'; "
                             'pass --help for the valid flags\n')
+
+
+def test_a_positional_argument_is_refused_before_any_work():
+  # A forgotten `--` before an override would otherwise run the preset.
+  result = _run_pretrain('config.training.max_steps=3')
+  assert result.returncode == 2
+  assert result.stderr == ("error: unexpected argument "
+                           "'config.training.max_steps=3'; every setting is a "
+                           'flag, e.g. --config.training.max_steps=3\n')
