@@ -71,6 +71,7 @@ def patches_conv(inputs: jax.Array, kernel: jax.Array,
 # traced. For benchmarks and equality tests, not for configs: the choice
 # changes speed, not results.
 IMPLEMENTATION_ENV = 'BYOL_JAX_CONV'
+IMPLEMENTATIONS = ('auto', 'patches', 'xla')
 
 # On CPU, the patches path wins where XLA's kernels are weakest and loses
 # where gathering k*k copies of a large map costs more than it saves
@@ -91,9 +92,9 @@ def use_patches(kernel: int, output_pixels: int) -> bool:
     output_pixels: height x width of the output map.
   """
   choice = os.environ.get(IMPLEMENTATION_ENV, 'auto')
-  if choice not in ('auto', 'patches', 'xla'):
-    raise ValueError(f'{IMPLEMENTATION_ENV}={choice!r}; use auto, patches '
-                     'or xla')
+  if choice not in IMPLEMENTATIONS:
+    raise ValueError(f'{IMPLEMENTATION_ENV}={choice!r}; use one of '
+                     f'{", ".join(IMPLEMENTATIONS)}')
   if choice != 'auto':
     return choice == 'patches'
   return jax.default_backend() == 'cpu' and (

@@ -29,6 +29,7 @@ from byol_jax import preemption
 from byol_jax import progress
 from byol_jax import reference_checkpoint
 from byol_jax.data import device_feed
+from byol_jax.data import errors
 from byol_jax.data import image_folder
 from byol_jax.data import pipelines
 from byol_jax.data import sources
@@ -337,7 +338,8 @@ def embed_split(embed_step: Callable, replicated_state: Any,
 
   Kept in `<workdir>/features/<split>_process<k>.npz` (written atomically),
   so a restarted run reuses them when they come from the same encoder,
-  dataset, image size and crop; otherwise they are computed again.
+  dataset, image size and crop (and for an image folder, the same images);
+  otherwise they are computed again.
   `stop_if_asked()` runs after every batch (it raises on SIGTERM/SIGINT).
   """
   path = os.path.join(workdir, 'features',
@@ -345,6 +347,11 @@ def embed_split(embed_step: Callable, replicated_state: Any,
   made_by = dict(encoder=source, **{
       field: _field(config.to_dict(), field)
       for field in _identity_fields(config, _EMBEDDING_FIELDS)})
+  files = sources.split_fingerprint(
+      config.dataset.name, split, config.dataset.data_dir or None,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  if files is not None:  # an image folder: which images, as listed now
+    made_by['files'] = files
   if gfile.exists(path):
     try:
       arrays, metadata = checkpoint.load_arrays(path)
@@ -380,6 +387,23 @@ def embed_split(embed_step: Callable, replicated_state: Any,
   gfile.makedirs(os.path.dirname(path))
   checkpoint.write(path, features._asdict(), made_by)
   return features
+
+
+def check_splits_exist(dataset_config: ml_collections.ConfigDict,
+                       training_splits: tuple[str, ...]) -> None:
+  """DatasetError, before any work, for a split that is missing or empty.
+
+  Checks `training_splits` and the evaluation split (dataset.eval_split).
+  """
+  for split in (*training_splits, dataset_config.eval_split):
+    count = sources.num_examples(dataset_config.name, split,
+                                 **dataset_kwargs(dataset_config))
+    if not count:
+      held_out = (" ('valid' holds out a tenth of the training images: at "
+                  "least 10 are needed)" if split == 'valid' else '')
+      raise errors.DatasetError(
+          f'split {split!r} of {dataset_config.name} has no examples'
+          f'{held_out}; add images or use a larger dataset')
 
 
 def check_probe_config(probe: ml_collections.ConfigDict) -> None:
@@ -527,6 +551,10 @@ def linear_evaluation(config: ml_collections.ConfigDict,
     raise ValueError(f'protocol={config.protocol!r}; use '
                      '--config.protocol=augmented or precomputed')
   precomputed = config.protocol == 'precomputed'
+  if config.dataset.name == image_folder.NAME and config.dataset.data_dir:
+    # Part of the evaluation's identity (_identity_fields): one spelling.
+    config.dataset.data_dir = image_folder.canonical_root(
+        config.dataset.data_dir)
   if precomputed and config.finetune:
     raise ValueError('fine-tuning trains on augmented images; use '
                      '--config.protocol=augmented with --config.finetune')
@@ -537,6 +565,8 @@ def linear_evaluation(config: ml_collections.ConfigDict,
   parallel.check_batch_divisible(config.eval.global_batch_size,
                                  flag='eval.global_batch_size')
   data = dataset_kwargs(config.dataset)
+  check_splits_exist(config.dataset, ('train', 'valid') if precomputed else
+                     (config.dataset.train_split,))
   num_train = sources.num_examples(config.dataset.name,
                                    config.dataset.train_split, **data)
   num_classes = sources.dataset_spec(config.dataset.name, **data).num_classes

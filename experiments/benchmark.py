@@ -53,7 +53,8 @@ _CONV = flags.DEFINE_list(
 _DTYPES = flags.DEFINE_list(
     'compute_dtype', ['float32'], 'Compute precisions to compare: float32, '
     'bfloat16 (--config.model.compute_dtype).')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.',
+                              lower_bound=1)
 _PIPELINE = flags.DEFINE_boolean('pipeline', True,
                                  'Also measure the host input pipeline.')
 _OUTPUT = flags.DEFINE_string('output', 'benchmark.json', 'JSON results.')
@@ -287,8 +288,10 @@ def measure_pipeline(seconds: float = 10.0) -> dict:
               host_cpus=os.cpu_count())
 
 
-def _table(rows: list[dict]) -> str:
-  header = (f'{"setting":<8}{"conv":<9}{"dtype":<9}{"compile s":>10}'
+def _table(rows: list[dict], setting_width: int) -> str:
+  """The rows as a table, its first line the header."""
+  header = (f'{"setting":<{setting_width}}{"conv":<9}{"dtype":<9}'
+            f'{"compile s":>10}'
             f'{"init s":>8}'
             f'{"s/step":>8}{"min":>7}{"max":>7}{"img/s":>8}{"GFLOP":>8}'
             f'{"GFLOP/s":>9}{"peak":>7}{"frac":>6}{"aug":>6}{"RSS MB":>8}'
@@ -296,7 +299,8 @@ def _table(rows: list[dict]) -> str:
   lines = [header]
   for r in rows:
     lines.append(
-        f'{r["setting"]:<8}{r["conv"]:<9}{r["compute_dtype"]:<9}'
+        f'{r["setting"]:<{setting_width}}{r["conv"]:<9}'
+        f'{r["compute_dtype"]:<9}'
         f'{r["compile_s"]:>10.1f}'
         f'{r["init_s"]:>8.1f}{r["step_s_median"]:>8.3f}{r["step_s_min"]:>7.3f}'
         f'{r["step_s_max"]:>7.3f}{r["images_per_s"]:>8.1f}'
@@ -309,8 +313,23 @@ def _table(rows: list[dict]) -> str:
 
 
 def _check_flags(names: list[str], argv: list[str]) -> None:
-  """One `error:` line and exit 2 for an unknown setting or dtype."""
+  """One `error:` line and exit 2 for a flag that cannot work."""
+  from byol_jax import conv  # pylint: disable=g-import-not-at-top
   from byol_jax import networks  # pylint: disable=g-import-not-at-top
+  if not names:
+    cli.exit_with(ValueError(
+        'nothing to measure; pass --settings=A,B (or C) and/or '
+        '--config=<file>.py:<preset>'), argv)
+  output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value))
+  if not os.path.isdir(output_dir):
+    cli.exit_with(ValueError(
+        f'--output={_OUTPUT.value}: folder {output_dir} does not exist; '
+        'create it or pass another path'), argv)
+  for choice in _CONV.value:
+    if choice not in conv.IMPLEMENTATIONS:
+      cli.exit_with(ValueError(
+          f'unknown --conv {choice!r}; use some of '
+          f'{",".join(conv.IMPLEMENTATIONS)}'), argv)
   for name in names:
     if name not in _BUILTIN and ':' not in name and not name.endswith('.py'):
       cli.exit_with(ValueError(
@@ -321,6 +340,15 @@ def _check_flags(names: list[str], argv: list[str]) -> None:
       cli.exit_with(ValueError(
           f'unknown --compute_dtype {compute_dtype!r}; use some of '
           f'{",".join(networks.COMPUTE_DTYPES)}'), argv)
+  for name in names:
+    if name not in _BUILTIN:
+      try:
+        _config(name)
+      except Exception as e:  # pylint: disable=broad-except
+        # Whatever the config file raised, as the entry points report it.
+        cli.exit_with(ValueError(
+            f'cannot load --config={name}: {type(e).__name__}: '
+            f'{str(e).splitlines()[0] if str(e) else ""}'), argv)
 
 
 def main(argv):
@@ -331,16 +359,21 @@ def main(argv):
   names = [s for s in _SETTINGS.value if s] + (
       [_CONFIG.value] if _CONFIG.value else [])
   _check_flags(names, argv)
+  width = max(len(name) for name in names) + 2
+  print(_table([], width), flush=True)
   rows = []
   for name in names:
     for conv in _CONV.value:
       for compute_dtype in _DTYPES.value:
-        rows.append(_run_one(name, conv, compute_dtype, _STEPS.value))
-        print(_table(rows[-1:]).splitlines()[-1], flush=True)
+        try:
+          rows.append(_run_one(name, conv, compute_dtype, _STEPS.value))
+        except RuntimeError as e:
+          cli.exit_with(e, argv)
+        print(_table(rows[-1:], width).splitlines()[-1], flush=True)
   results = dict(steps=rows)
   if _PIPELINE.value:
     results['pipeline'] = measure_pipeline()
-  print(_table(rows))
+  print('\n' + _table(rows, width))
   if 'pipeline' in results:
     p = results['pipeline']
     print(f'host pipeline: {p["imagenet_jpeg_two_views_224_images_per_s"]:.0f}'

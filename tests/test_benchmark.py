@@ -58,8 +58,16 @@ def test_benchmark_compares_compute_dtypes_of_a_config(tmp_path):
     ('--settings=D', "unknown setting 'D'; use --settings with some of A,B,C"),
     ('--compute_dtype=float16',
      "unknown --compute_dtype 'float16'; use some of float32,bfloat16"),
+    ('--conv=bogus', "unknown --conv 'bogus'; use some of auto,patches,xla"),
+    ('--settings=', 'nothing to measure; pass --settings=A,B (or C)'),
+    ('--output=/nonexistent/x.json',
+     '--output=/nonexistent/x.json: folder /nonexistent does not exist'),
+    ('--config=experiments/configs/byol.py:bogus',
+     "cannot load --config=experiments/configs/byol.py:bogus: ValueError: "
+     "unknown preset 'bogus'"),
+    ('--steps=0', 'flag --steps=0: 0 is not a positive integer'),
 ])
-def test_benchmark_refuses_unknown_setting_or_dtype(flag, message):
+def test_benchmark_refuses_flags_that_cannot_work(flag, message):
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.benchmark', flag,
        '--pipeline=False'], cwd=REPO, capture_output=True, text=True,

@@ -103,7 +103,7 @@ def test_resnet_is_the_same_function_under_both_implementations(monkeypatch):
 
 def test_bad_implementation_name_is_a_clear_error(monkeypatch):
   monkeypatch.setenv(conv.IMPLEMENTATION_ENV, 'fast')
-  with pytest.raises(ValueError, match='use auto, patches or xla'):
+  with pytest.raises(ValueError, match='use one of auto, patches, xla'):
     conv.use_patches(3, 4)
 
 

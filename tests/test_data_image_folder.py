@@ -7,6 +7,7 @@ sizes, some grayscale; two run the real entry points on one.
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from byol_jax import train_loop
 from byol_jax.data import image_folder
 from byol_jax.data import pipelines
 from byol_jax.data import sources
@@ -390,3 +392,44 @@ def test_unreadable_image_exits_2_with_one_error_line(tmp_path, make,
   errors = [line for line in result.stderr.splitlines()
             if line.startswith('error:')]
   assert errors == [f'error: {root}/{message}'], result.stderr
+
+
+@pytest.mark.parametrize('test_folder,num_per_class,message', [
+    (None, 4, 'has no test, val or validation folder'),
+    ('test', 1, "split 'valid' of image_folder has no examples ('valid' holds "
+                'out a tenth of the training images: at least 10 are needed)'),
+], ids=['no_test_folder', 'empty_valid'])
+def test_linear_eval_checks_its_splits_before_any_work(tmp_path, test_folder,
+                                                       num_per_class, message):
+  root = str(tmp_path / 'root')
+  make_folder(root, num_per_class=num_per_class, test_folder=test_folder)
+  config = tiny.linear_eval_config()
+  config.update(protocol='precomputed', encoder_init='random', checkpoint='')
+  config.dataset.update(name=NAME, data_dir=root)
+  with pytest.raises(DatasetError, match=re.escape(message)):
+    train_loop.linear_evaluation(config, str(tmp_path / 'eval'))
+  assert not os.path.exists(tmp_path / 'eval')
+
+
+def test_linear_eval_workdir_follows_the_folder_not_its_spelling(tmp_path,
+                                                                 capsys):
+  root = str(tmp_path / 'root')
+  make_folder(root, num_per_class=3)
+  config = tiny.linear_eval_config()
+  config.update(protocol='precomputed', encoder_init='random', checkpoint='')
+  config.probe.update(num_l2=1, lbfgs_iterations=2)
+  config.dataset.update(name=NAME, data_dir=root)
+  workdir = str(tmp_path / 'eval')
+  first = train_loop.linear_evaluation(config, workdir)
+  # Another spelling of the same folder is the same evaluation.
+  config.dataset.data_dir = os.path.relpath(root) + '/'
+  assert train_loop.linear_evaluation(config, workdir) == first
+  # Images added after the features were cached: they are embedded again.
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  os.remove(os.path.join(workdir, 'results.json'))
+  _write(os.path.join(root, 'train', 'ant', 'new.png'), 1)
+  image_folder.scan.cache_clear()  # a new run lists the folder again
+  capsys.readouterr()
+  train_loop.linear_evaluation(config, workdir)
+  assert 'train_process0.npz was embedded with other settings' in (
+      capsys.readouterr().out)

@@ -196,6 +196,28 @@ def _list_split(split_dir: str, classes: Sequence[str],
   return images
 
 
+def canonical_root(root: str) -> str:
+  """One spelling of the folder `root`, so that 'a/', './a' and '/x/a' agree.
+
+  No trailing '/'; a local folder becomes absolute, its symlinks resolved.
+  """
+  if '://' in root:
+    return root.rstrip('/')
+  return os.path.realpath(root)
+
+
+def fingerprint(files: Files, root: str) -> str:
+  """A digest of which images `files` holds, with which labels.
+
+  Paths count relative to `root`, so it does not depend on how the root is
+  spelled; an image added, removed or moved to another class changes it.
+  """
+  digest = hashlib.sha256()
+  for path, label in zip(files.paths, files.labels):
+    digest.update(f'{label} {os.path.relpath(path, root)}\n'.encode('utf-8'))
+  return digest.hexdigest()
+
+
 def _order_key(relative_path: str) -> bytes:
   return hashlib.sha256(relative_path.encode('utf-8')).digest()
 

@@ -321,6 +321,19 @@ def _read_files(files: image_folder.Files, decode: bool) -> tf.data.Dataset:
                 deterministic=True).with_options(options)
 
 
+def split_fingerprint(name: str, split: str, data_dir: str | None, *,
+                      process_index: int, process_count: int) -> str | None:
+  """For an image folder, a digest of this process's shard of `split`.
+
+  See image_folder.fingerprint; None for TFDS datasets, whose versions
+  already name their contents.
+  """
+  if name != image_folder.NAME:
+    return None
+  files = _folder_files(data_dir, split, process_index, process_count)
+  return image_folder.fingerprint(files, data_dir)
+
+
 def check_decodable(name: str, split: str, data_dir: str | None, *,
                     process_index: int, process_count: int) -> None:
   """Decodes every image of this process's shard of `split` eagerly.
