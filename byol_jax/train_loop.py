@@ -80,6 +80,14 @@ def run_length(config: ml_collections.ConfigDict, num_train_examples: int,
                         total_steps=total)
 
 
+def check_image_size(dataset_config: ml_collections.ConfigDict) -> None:
+  """One-line ValueError for an image size that no network can take."""
+  if dataset_config.image_size < 1:
+    raise ValueError(f'dataset.image_size={dataset_config.image_size}; set '
+                     '--config.dataset.image_size to a positive side in '
+                     'pixels, e.g. 224')
+
+
 def check_finite(step: int, scalars: dict[str, float]) -> None:
   """Stops the run with a clear message when a metric is NaN or infinite."""
   bad = [name for name, value in scalars.items() if not math.isfinite(value)]
@@ -243,6 +251,7 @@ def completed_results(workdir: str, step: int, total_steps: int):
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) BYOL pretraining; returns the final metrics."""
   parallel.check_batch_divisible(config.training.global_batch_size)
+  check_image_size(config.dataset)
   data = dataset_kwargs(config.dataset)
   split = config.dataset.train_split
   num_train = sources.num_examples(config.dataset.name, split, **data)
@@ -564,6 +573,7 @@ def linear_evaluation(config: ml_collections.ConfigDict,
     parallel.check_batch_divisible(config.training.global_batch_size)
   parallel.check_batch_divisible(config.eval.global_batch_size,
                                  flag='eval.global_batch_size')
+  check_image_size(config.dataset)
   data = dataset_kwargs(config.dataset)
   check_splits_exist(config.dataset, ('train', 'valid') if precomputed else
                      (config.dataset.train_split,))

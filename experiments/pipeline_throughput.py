@@ -35,17 +35,24 @@ from byol_jax.data import pipelines
 from experiments import cli
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 512,
-                                   'JPEGs in the synthetic dataset.')
-_BATCHES = flags.DEFINE_integer('batches', 20, 'Batches timed after warm-up.')
+                                   'JPEGs in the synthetic dataset.',
+                                   lower_bound=1)
+_BATCHES = flags.DEFINE_integer('batches', 20, 'Batches timed after warm-up.',
+                                lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup_batches', 3,
-                               'Batches read before timing (pipeline start).')
+                               'Batches read before timing (pipeline start).',
+                               lower_bound=0)
 _BATCH = flags.DEFINE_integer('host_batch_size', 64,
-                              'Examples per batch on this host.')
+                              'Examples per batch on this host; a multiple '
+                              'of --local_devices.', lower_bound=1)
 _DEVICES = flags.DEFINE_integer('local_devices', 8,
-                                'Local devices the batch is split over.')
+                                'Local devices the batch is split over.',
+                                lower_bound=1)
 _GLOBAL_BATCH = flags.DEFINE_integer('global_batch_size', 4096,
-                                     'Examples per step over all hosts.')
-_HOSTS = flags.DEFINE_integer('hosts', 64, 'Hosts of the run compared with.')
+                                     'Examples per step over all hosts.',
+                                     lower_bound=1)
+_HOSTS = flags.DEFINE_integer('hosts', 64, 'Hosts of the run compared with.',
+                              lower_bound=1)
 _STEP_SECONDS = flags.DEFINE_float(
     'step_seconds', 8 * 3600 / (1000 * 1_281_167 / 4096),
     'Seconds per training step of the run compared with (default: the '
@@ -88,7 +95,11 @@ class SyntheticJpeg(tfds.core.GeneratorBasedBuilder):
 
 
 def main(argv):
-  del argv
+  if _BATCH.value % _DEVICES.value:
+    cli.exit_with(ValueError(
+        f'--host_batch_size={_BATCH.value} does not divide over '
+        f'--local_devices={_DEVICES.value}; pass a multiple of '
+        f'{_DEVICES.value}'), argv)
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
   with tempfile.TemporaryDirectory() as data_dir:

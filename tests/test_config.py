@@ -174,6 +174,8 @@ def test_unknown_encoder_is_a_clear_error(get_config, preset):
      'cannot load experiments/configs/nope.py'),
     (['--config.training.global_batch_size=0'],
      'global batch size 0 must be positive'),
+    (['--config.dataset.image_size=0'],
+     'dataset.image_size=0; set --config.dataset.image_size to a positive'),
 ])
 def test_missing_config_file_and_empty_batch_are_one_line(flags, message):
   result = _run_pretrain(*flags)
