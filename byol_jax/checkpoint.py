@@ -164,9 +164,10 @@ def load_arrays(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     # Not numpy's words: they suggest allow_pickle=True, which would let the
     # file run code. The cause stays chained for a traceback.
     raise CheckpointError(
-        f'checkpoint {path} is corrupt or not a byol_jax checkpoint; delete '
-        'it to resume from the previous checkpoint, or point '
-        '--config.checkpoint (or --config.init_from) at another one') from e
+        f'checkpoint {path} is corrupt or not a byol_jax checkpoint; if it '
+        "is the newest of a workdir's, delete it to resume from the one "
+        'before, else point --config.checkpoint (or --config.init_from) at '
+        'another file') from e
   return arrays, metadata
 
 
@@ -200,10 +201,15 @@ def restore_into(template: Any, arrays: dict[str, np.ndarray], path: str,
           'config to the checkpoint')
     value = arrays[key]
     if value.shape != tuple(leaf.shape):
+      other_classes = ('classifier' in key and
+                       value.shape[-1:] != tuple(leaf.shape)[-1:])
+      fix = ('the dataset has another number of classes than the one it was '
+             'trained on; use a new --workdir' if other_classes else
+             'match the config (depth, width, heads) to the checkpoint')
       raise CheckpointError(
           f'checkpoint {path} does not fit the model: {key!r} has shape '
           f'{value.shape} in the checkpoint but {tuple(leaf.shape)} in the '
-          'model; match the config (depth, width, heads) to the checkpoint')
+          f'model; {fix}')
     restored.append(value.astype(leaf.dtype))
   return jax.tree_util.tree_unflatten(treedef, restored)
 

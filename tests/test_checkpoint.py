@@ -60,9 +60,10 @@ def test_corrupt_file_is_a_clear_error(tmp_path, damage):
   with pytest.raises(checkpoint.CheckpointError) as error:
     checkpoint.load_arrays(path)
   assert str(error.value) == (
-      f'checkpoint {path} is corrupt or not a byol_jax checkpoint; delete it '
-      'to resume from the previous checkpoint, or point --config.checkpoint '
-      '(or --config.init_from) at another one')
+      f'checkpoint {path} is corrupt or not a byol_jax checkpoint; if it is '
+      "the newest of a workdir's, delete it to resume from the one before, "
+      'else point --config.checkpoint (or --config.init_from) at another '
+      'file')
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -76,7 +77,14 @@ def test_architecture_mismatch_names_parameter_and_shapes(tmp_path):
   other = _tree()
   other['params']['classifier']['w'] = jnp.zeros((16, 10))
   with pytest.raises(checkpoint.CheckpointError,
-                     match=r"params/classifier/w.*\(8, 10\).*\(16, 10\)"):
+                     match=r"params/classifier/w.*\(8, 10\).*\(16, 10\).*"
+                     r"match the config \(depth, width, heads\)"):
+    checkpoint.restore_into(other, arrays, path)
+  other = _tree()
+  other['params']['classifier']['b'] = jnp.zeros(3)  # a 3-class dataset
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"params/classifier/b.*the dataset has another "
+                     'number of classes'):
     checkpoint.restore_into(other, arrays, path)
   other = _tree()
   other['params']['extra'] = {'w': jnp.zeros(3)}

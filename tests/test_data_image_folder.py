@@ -227,6 +227,11 @@ def _two_text_files(root):
   _write_bytes(os.path.join(root, 'train', 'dog', 'list.csv'), b'a,b')
 
 
+def _nested_folder(root):
+  make_folder(root, num_per_class=1)
+  _write(os.path.join(root, 'train', 'bee', 'more', 'bee9.png'), 1)
+
+
 def _loose_file(root):
   make_folder(root, num_per_class=1, test_folder=None)
   _write_bytes(os.path.join(root, 'train', 'stray.jpg'), b'')
@@ -266,6 +271,9 @@ def _unknown_test_class(root):
      "(names starting with '.' are ignored)."),
     (_two_text_files, 'train/bee/notes.txt', 'remove them'),
     (_loose_file, 'train/stray.jpg', 'is not in a class folder: move it into'),
+    (_nested_folder, 'train/bee/more',
+     'is a folder inside a class folder: images go directly in <class>/: '
+     'move theirs up, or remove it.'),
     (_empty_image, 'train/cat/blank.jpg',
      'is empty: remove or replace it.'),
     (_renamed_text, 'train/cat/fake.JPG',

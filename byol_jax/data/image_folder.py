@@ -177,6 +177,12 @@ def _list_split(split_dir: str, classes: Sequence[str],
     images += [(f'{name}/{e}', os.path.join(class_dir, e), labels[name])
                for e in found]
   kinds = 'JPEG, PNG, GIF or BMP'
+  nested = [path for path in others if tf.io.gfile.isdir(path)]
+  if nested:
+    raise files_error(
+        nested, 'is a folder inside a class folder',
+        f'folders of {split_dir} are inside class folders',
+        'images go directly in <class>/: move theirs up, or remove {it}')
   if others:
     raise files_error(
         others, f'is not a {kinds} image (by its extension)',
