@@ -88,6 +88,32 @@ def check_image_size(dataset_config: ml_collections.ConfigDict) -> None:
                      'pixels, e.g. 224')
 
 
+def canonicalise_image_folder(dataset_config: ml_collections.ConfigDict):
+  """Spells an image folder's data_dir one way (part of a run's identity)."""
+  if dataset_config.name == image_folder.NAME and dataset_config.data_dir:
+    dataset_config.data_dir = image_folder.canonical_root(
+        dataset_config.data_dir)
+
+
+def warn_if_other_data(config: ml_collections.ConfigDict,
+                       restored: dict[str, Any]) -> None:
+  """Warns when a resumed pretraining continues on other data than before.
+
+  Allowed (it is how one continues training on new data), but rarely meant.
+  `restored`: the metadata of the checkpoint resumed from ({} for none).
+  """
+  fields = _identity_fields(config, ('dataset.name', 'dataset.train_split'))
+  saved = restored.get('config', {})
+  now = config.to_dict()
+  changed = [f'{field} {_field(saved, field)!r} -> {_field(now, field)!r}'
+             for field in fields
+             if saved and _field(saved, field) != _field(now, field)]
+  if changed and jax.process_index() == 0:
+    print(f'warning: resuming a pretraining on other data ({"; ".join(changed)}'
+          '); to start afresh from its weights, use a new --workdir with '
+          '--config.init_from', flush=True)
+
+
 def check_finite(step: int, scalars: dict[str, float]) -> None:
   """Stops the run with a clear message when a metric is NaN or infinite."""
   bad = [name for name, value in scalars.items() if not math.isfinite(value)]
@@ -252,6 +278,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) BYOL pretraining; returns the final metrics."""
   parallel.check_batch_divisible(config.training.global_batch_size)
   check_image_size(config.dataset)
+  canonicalise_image_folder(config.dataset)
   data = dataset_kwargs(config.dataset)
   split = config.dataset.train_split
   num_train = sources.num_examples(config.dataset.name, split, **data)
@@ -267,7 +294,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state = warm_start(state, source, config.init_from_opt_state)
     if jax.process_index() == 0:
       print(f'warm start from {source}', flush=True)
-  state, _ = restore_latest(state, checkpoint_dir)
+  state, restored = restore_latest(state, checkpoint_dir)
+  warn_if_other_data(config, restored)
   start_step = int(state.step)
   done = completed_results(workdir, start_step, schedules.total_steps)
   if done is not None:
@@ -560,10 +588,7 @@ def linear_evaluation(config: ml_collections.ConfigDict,
     raise ValueError(f'protocol={config.protocol!r}; use '
                      '--config.protocol=augmented or precomputed')
   precomputed = config.protocol == 'precomputed'
-  if config.dataset.name == image_folder.NAME and config.dataset.data_dir:
-    # Part of the evaluation's identity (_identity_fields): one spelling.
-    config.dataset.data_dir = image_folder.canonical_root(
-        config.dataset.data_dir)
+  canonicalise_image_folder(config.dataset)
   if precomputed and config.finetune:
     raise ValueError('fine-tuning trains on augmented images; use '
                      '--config.protocol=augmented with --config.finetune')

@@ -408,3 +408,19 @@ def test_an_image_folder_is_part_of_the_evaluations_identity():
   config.dataset.name = 'fashion_mnist'
   saved['config']['dataset']['name'] = 'fashion_mnist'
   train_loop.check_same_evaluation(config, 'runs/a', saved, 'eval')
+
+
+def test_resuming_a_pretraining_on_other_data_warns(capsys):
+  config = tiny.pretrain_config()
+  saved = dict(config=config.to_dict())
+  train_loop.warn_if_other_data(config, saved)
+  train_loop.warn_if_other_data(config, {})  # a fresh run
+  assert not capsys.readouterr().out
+  config.dataset.update(name='image_folder', data_dir='/data/mine')
+  train_loop.warn_if_other_data(config, saved)
+  assert capsys.readouterr().out == (
+      "warning: resuming a pretraining on other data (dataset.name "
+      "'fashion_mnist' -> 'image_folder'; dataset.data_dir '' -> "
+      "'/data/mine'); to "
+      'start afresh from its weights, use a new --workdir with '
+      '--config.init_from\n')
