@@ -359,7 +359,7 @@ def main(argv):
   names = [s for s in _SETTINGS.value if s] + (
       [_CONFIG.value] if _CONFIG.value else [])
   _check_flags(names, argv)
-  width = max(len(name) for name in names) + 2
+  width = max(len('setting'), *(len(name) for name in names)) + 2
   print(_table([], width), flush=True)
   rows = []
   for name in names:

@@ -46,6 +46,8 @@ def test_benchmark_compares_compute_dtypes_of_a_config(tmp_path):
        '--steps=2', '--pipeline=False', f'--output={output}'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
+  header = result.stdout.splitlines()[0].split()
+  assert header[:3] == ['setting', 'conv', 'dtype'], result.stdout
   rows = json.loads(output.read_text())['steps']
   assert [r['compute_dtype'] for r in rows] == ['float32', 'bfloat16']
   for row in rows:
