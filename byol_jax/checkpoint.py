@@ -164,10 +164,9 @@ def load_arrays(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     # Not numpy's words: they suggest allow_pickle=True, which would let the
     # file run code. The cause stays chained for a traceback.
     raise CheckpointError(
-        f'checkpoint {path} is corrupt or not a byol_jax checkpoint; if it '
-        "is the newest of a workdir's, delete it to resume from the one "
-        'before, else point --config.checkpoint (or --config.init_from) at '
-        'another file') from e
+        f'checkpoint {path} is corrupt or not a byol_jax checkpoint; pass '
+        "another file, or if it is the newest in a workdir's checkpoints/, "
+        'delete it to resume from the one before') from e
   return arrays, metadata
 
 

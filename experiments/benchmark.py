@@ -352,6 +352,7 @@ def _check_flags(names: list[str], argv: list[str]) -> None:
 
 
 def main(argv):
+  cli.refuse_arguments(argv)
   if _ONE.value:
     (compute_dtype,) = _DTYPES.value
     print(json.dumps(measure_step(_ONE.value, compute_dtype, _STEPS.value)))

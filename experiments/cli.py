@@ -69,6 +69,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise
 
 
+def refuse_arguments(argv: list[str]) -> None:
+  """Exits 2 with one line if absl left arguments that are not flags.
+
+  `argv`: what absl passes to main. A forgotten `--` before an override
+  would otherwise run without it.
+  """
+  if argv[1:]:
+    print(f'error: unexpected argument {argv[1]!r}; every setting is a flag, '
+          'e.g. --config.training.max_steps=3', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def _asks_for_help(argv: list[str]) -> bool:
   """Whether argv holds one of absl's help flags (--help, --helpfull, ...)."""
   names = {arg.lstrip('-').split('=')[0] for arg in argv[1:]

@@ -54,11 +54,7 @@ def run(job: Callable[[Any, str], Any], config: Any, argv: list[str]) -> None:
   errors become one line and exit 2; a run stopped by SIGTERM/SIGINT exits
   with `preemption.EXIT_CODE` (75) after its checkpoint is written.
   """
-  if argv[1:]:
-    # A forgotten `--` would otherwise start a run without that override.
-    print(f'error: unexpected argument {argv[1]!r}; every setting is a flag, '
-          'e.g. --config.training.max_steps=3', file=sys.stderr, flush=True)
-    sys.exit(2)
+  cli.refuse_arguments(argv)
   from byol_jax import multihost  # pylint: disable=g-import-not-at-top
   from byol_jax import preemption  # pylint: disable=g-import-not-at-top
   hide_accelerators_from_tensorflow()

@@ -95,6 +95,7 @@ class SyntheticJpeg(tfds.core.GeneratorBasedBuilder):
 
 
 def main(argv):
+  cli.refuse_arguments(argv)
   if _BATCH.value % _DEVICES.value:
     cli.exit_with(ValueError(
         f'--host_batch_size={_BATCH.value} does not divide over '

@@ -60,10 +60,9 @@ def test_corrupt_file_is_a_clear_error(tmp_path, damage):
   with pytest.raises(checkpoint.CheckpointError) as error:
     checkpoint.load_arrays(path)
   assert str(error.value) == (
-      f'checkpoint {path} is corrupt or not a byol_jax checkpoint; if it is '
-      "the newest of a workdir's, delete it to resume from the one before, "
-      'else point --config.checkpoint (or --config.init_from) at another '
-      'file')
+      f'checkpoint {path} is corrupt or not a byol_jax checkpoint; pass '
+      "another file, or if it is the newest in a workdir's checkpoints/, "
+      'delete it to resume from the one before')
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -275,9 +275,15 @@ def test_help_exits_zero_and_unknown_flag_is_one_line(entry_point):
                             'pass --help for the valid flags\n')
 
 
-def test_a_positional_argument_is_refused_before_any_work():
+@pytest.mark.parametrize('entry_point', ['pretrain', 'benchmark',
+                                         'pipeline_throughput'])
+def test_a_positional_argument_is_refused_before_any_work(entry_point):
   # A forgotten `--` before an override would otherwise run the preset.
-  result = _run_pretrain('config.training.max_steps=3')
+  workdir = ['--workdir=/nonexistent'] if entry_point == 'pretrain' else []
+  result = subprocess.run(
+      [sys.executable, '-m', f'experiments.{entry_point}', *workdir,
+       'config.training.max_steps=3'],
+      capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert result.stderr == ("error: unexpected argument "
                            "'config.training.max_steps=3'; every setting is a "
