@@ -102,12 +102,11 @@ def warn_if_other_data(config: ml_collections.ConfigDict,
   Allowed (it is how one continues training on new data), but rarely meant.
   `restored`: the metadata of the checkpoint resumed from ({} for none).
   """
+  if not restored:
+    return
   fields = _identity_fields(config, ('dataset.name', 'dataset.train_split'))
-  saved = restored.get('config', {})
-  now = config.to_dict()
-  changed = [f'{field} {_field(saved, field)!r} -> {_field(now, field)!r}'
-             for field in fields
-             if saved and _field(saved, field) != _field(now, field)]
+  changed = [f'{field} {old!r} -> {new!r}' for field, old, new
+             in _changed_fields(restored.get('config', {}), config, fields)]
   if changed and jax.process_index() == 0:
     print(f'warning: resuming a pretraining on other data ({"; ".join(changed)}'
           '); to start afresh from its weights, use a new --workdir with '
@@ -367,6 +366,18 @@ def _field(tree: dict[str, Any], field: str) -> Any:
   return tree
 
 
+def _changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                    fields: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+  """(field, saved value, value now) of each of `fields` that differs.
+
+  `saved`: a checkpoint's config, as a dict; a field it lacks (an older
+  checkpoint) counts as None.
+  """
+  now = config.to_dict()
+  return [(field, _field(saved, field), _field(now, field))
+          for field in fields if _field(saved, field) != _field(now, field)]
+
+
 def embed_split(embed_step: Callable, replicated_state: Any,
                 config: ml_collections.ConfigDict, split: str, source: str,
                 workdir: str,
@@ -381,8 +392,9 @@ def embed_split(embed_step: Callable, replicated_state: Any,
   """
   path = os.path.join(workdir, 'features',
                       f'{split}_process{jax.process_index()}.npz')
+  settings = config.to_dict()
   made_by = dict(encoder=source, **{
-      field: _field(config.to_dict(), field)
+      field: _field(settings, field)
       for field in _identity_fields(config, _EMBEDDING_FIELDS)})
   files = sources.split_fingerprint(
       config.dataset.name, split, config.dataset.data_dir or None,
@@ -560,11 +572,9 @@ def check_same_evaluation(config: ml_collections.ConfigDict, encoder: str,
   """
   changed = [f'encoder {saved.get("encoder")} -> {encoder}'] if (
       saved.get('encoder') != encoder) else []
-  for field in _identity_fields(config, _EVALUATION_FIELDS):
-    old = _field(saved.get('config', {}), field)  # None: an older checkpoint
-    new = _field(config.to_dict(), field)
-    if old != new:
-      changed.append(f'{field} {old} -> {new}')
+  changed += [f'{field} {old} -> {new}' for field, old, new in _changed_fields(
+      saved.get('config', {}), config,
+      _identity_fields(config, _EVALUATION_FIELDS))]
   if changed:
     raise ValueError(f'{workdir} holds another linear evaluation '
                      f'({"; ".join(changed)}); use another --workdir or '

@@ -312,6 +312,16 @@ def _table(rows: list[dict], setting_width: int) -> str:
   return '\n'.join(lines)
 
 
+def _check_choices(flag: str, values: list[str], allowed: tuple[str, ...],
+                   argv: list[str]) -> None:
+  """One `error:` line and exit 2 if a value of list flag `flag` is unknown."""
+  for value in values:
+    if value not in allowed:
+      cli.exit_with(ValueError(
+          f'unknown --{flag} {value!r}; use some of {",".join(allowed)}'),
+          argv)
+
+
 def _check_flags(names: list[str], argv: list[str]) -> None:
   """One `error:` line and exit 2 for a flag that cannot work."""
   from byol_jax import conv  # pylint: disable=g-import-not-at-top
@@ -325,21 +335,14 @@ def _check_flags(names: list[str], argv: list[str]) -> None:
     cli.exit_with(ValueError(
         f'--output={_OUTPUT.value}: folder {output_dir} does not exist; '
         'create it or pass another path'), argv)
-  for choice in _CONV.value:
-    if choice not in conv.IMPLEMENTATIONS:
-      cli.exit_with(ValueError(
-          f'unknown --conv {choice!r}; use some of '
-          f'{",".join(conv.IMPLEMENTATIONS)}'), argv)
+  _check_choices('conv', _CONV.value, conv.IMPLEMENTATIONS, argv)
+  _check_choices('compute_dtype', _DTYPES.value, networks.COMPUTE_DTYPES,
+                 argv)
   for name in names:
     if name not in _BUILTIN and ':' not in name and not name.endswith('.py'):
       cli.exit_with(ValueError(
           f'unknown setting {name!r}; use --settings with some of '
           f'{",".join(_BUILTIN)}, or --config=<file>.py:<preset>'), argv)
-  for compute_dtype in _DTYPES.value:
-    if compute_dtype not in networks.COMPUTE_DTYPES:
-      cli.exit_with(ValueError(
-          f'unknown --compute_dtype {compute_dtype!r}; use some of '
-          f'{",".join(networks.COMPUTE_DTYPES)}'), argv)
   for name in names:
     if name not in _BUILTIN:
       try:
