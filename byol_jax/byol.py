@@ -66,8 +66,9 @@ def make_network(model_config: ml_collections.ConfigDict, num_classes: int,
 
   The transformed function maps images f32[B, H, W, 3] in [0, 1] and
   `is_training` to a dict of `embedding` f32[B, D], `projection` and
-  `prediction` f32[B, P], `logits` f32[B, num_classes]. Each view goes through
-  its own `apply`, so BatchNorm statistics are per view. The probe sees
+  `prediction` f32[B, P], `logits` f32[B, num_classes]. Training applies it
+  to each view separately (`apply_per_view`), so BatchNorm statistics are
+  per view. The probe sees
   `stop_gradient(embedding)`: labels never shape the representation.
 
   Args:
@@ -97,6 +98,68 @@ def make_network(model_config: ml_collections.ConfigDict, num_classes: int,
                 prediction=prediction, logits=logits)
 
   return hk.without_apply_rng(hk.transform_with_state(forward))
+
+
+def apply_per_view(network: hk.TransformedWithState, params: hk.Params,
+                   bn_state: hk.State, views: jax.Array, bn_decay: float):
+  """Both views through `network` in training mode, as two applies would.
+
+  The reference applies the network to view 1, then to view 2, so BatchNorm
+  normalises each view with its own statistics and its moving averages take
+  view 1's statistics, then view 2's. Here one `vmap` over the views
+  computes the same outputs, and `chain_moving_averages` gives the same
+  state, while the step's program holds each network's forward (and the
+  online backward) once instead of twice. Measured on 2 cores: compile time
+  A 14.1 s -> 11.6 s, B 26.1 s -> 18.9 s, the same s/step.
+
+  Args:
+    network: the BYOL network (online or target).
+    params, bn_state: its parameters and BatchNorm state.
+    views: f32[2, B, H, W, 3], view 1 then view 2.
+    bn_decay: the BatchNorm moving averages' decay (`config.model.bn_decay`).
+
+  Returns:
+    The network's outputs with a leading view axis of 2, and the BatchNorm
+    state after view 1 then view 2.
+  """
+  outputs, per_view_state = jax.vmap(
+      network.apply, in_axes=(None, None, 0, None))(params, bn_state, views,
+                                                    True)
+  return outputs, chain_moving_averages(bn_state, per_view_state, bn_decay)
+
+
+def chain_moving_averages(initial: hk.State, per_view: hk.State,
+                          decay: float) -> hk.State:
+  """BatchNorm state after two updates, from the two updates of one state.
+
+  Every entry of a Haiku BatchNorm state is an `hk.ExponentialMovingAverage`
+  (zero-debiased, no warm-up): `counter` c, `hidden` h and `average` a with
+  one update by value v giving c + 1, h' = d·h + (1 − d)·v and
+  a' = h' / (1 − d^c'). Given the initial state s and its updates s1 (view 1)
+  and s2 (view 2), applying view 2's update after view 1's gives
+  c1 + (c2 − c), d·h1 + (h2 − d·h), and the matching `average`.
+
+  Args:
+    initial: the state before the step.
+    per_view: the same tree, each leaf with a leading axis of 2 (the state
+      after view 1's update, after view 2's).
+    decay: d, the moving averages' decay.
+  """
+  chained = {}
+  for module, entries in initial.items():
+    if set(entries) != {'counter', 'hidden', 'average'}:
+      raise ValueError(f'state of {module!r} has entries {sorted(entries)}; '
+                       'chain_moving_averages only knows hk.BatchNorm\'s '
+                       'moving averages (counter, hidden, average)')
+    after = per_view[module]
+    counter = after['counter'][0] + (after['counter'][1] - entries['counter'])
+    d = jnp.asarray(decay, entries['hidden'].dtype)
+    hidden = d * after['hidden'][0] + (after['hidden'][1] -
+                                       d * entries['hidden'])
+    one = jnp.ones([], hidden.dtype)
+    chained[module] = dict(counter=counter, hidden=hidden,
+                           average=hidden / (one - jnp.power(d, counter)))
+  return chained
 
 
 def init_state(config: ml_collections.ConfigDict, num_classes: int,
@@ -219,23 +282,19 @@ def make_update_fn(config: ml_collections.ConfigDict, num_classes: int,
     # The target network runs in training mode (batch statistics) and keeps
     # its own BatchNorm state, as in the reference. No gradient flows here:
     # `target_params` is not an argument of the differentiated function.
-    # Each view has its own forward pass, so BatchNorm statistics are per
-    # view. (A lax.scan over the two views would compile each network once,
-    # but XLA:CPU then ran the step 4x slower, measured.)
-    target1, target_state = network.apply(
-        state.target_params, state.target_state, view1, True)
-    target2, target_state = network.apply(
-        state.target_params, target_state, view2, True)
+    views = jnp.stack([view1, view2])
+    target, target_state = apply_per_view(
+        network, state.target_params, state.target_state, views,
+        config.model.bn_decay)
 
     def loss_fn(online_params):
-      online1, online_state = network.apply(
-          online_params, state.online_state, view1, True)
-      online2, online_state = network.apply(
-          online_params, online_state, view2, True)
+      online, online_state = apply_per_view(
+          network, online_params, state.online_state, views,
+          config.model.bn_decay)
       repr_loss = losses.byol_loss(
-          online1['prediction'], online2['prediction'],
-          target1['projection'], target2['projection'])
-      logits = online1['logits']  # the probe sees view 1, as the reference
+          online['prediction'][0], online['prediction'][1],
+          target['projection'][0], target['projection'][1])
+      logits = online['logits'][0]  # the probe sees view 1, as the reference
       classif_loss = jnp.mean(losses.softmax_cross_entropy(logits, labels))
       metrics = dict(
           repr_loss=repr_loss,
