@@ -171,9 +171,10 @@ def warm_start(state: byol.TrainState, path: str,
 
   Raises:
     checkpoint.CheckpointError: naming the first parameter that is missing or
-      differs in shape (both shapes given).
+      differs in shape (both shapes given); also a linear evaluation's
+      checkpoint.
   """
-  arrays, _ = reference_checkpoint.load_any(path)
+  arrays, _ = reference_checkpoint.load_pretraining(path)
   fields = ['online_params', 'online_state', 'target_params', 'target_state']
   if with_opt_state:
     fields.append('opt_state')

@@ -19,7 +19,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from byol_jax import byol
 from byol_jax import checkpoint
+from byol_jax import linear_eval
 from byol_jax import preemption
 from byol_jax import train_loop
 from tests import tiny
@@ -342,6 +344,31 @@ def test_linear_eval_of_other_architecture_names_the_parameter(
   config.model.encoder.width_multiplier = 0.25
   with pytest.raises(checkpoint.CheckpointError, match='has shape'):
     train_loop.linear_evaluation(config, str(tmp_path))
+
+
+def test_a_linear_evaluation_checkpoint_as_the_encoder_says_what_to_pass(
+    dirs, tmp_path):
+  config = _linear_eval_config(dirs)
+  encoder = '/runs/byol/checkpoints/checkpoint_000000012.npz'
+  evaluation = tmp_path / 'eval'
+  saved = checkpoint.save(
+      str(evaluation / 'checkpoints'), 4, linear_eval.init_state(config, 10),
+      dict(kind='linear_eval', config=config.to_dict(), encoder=encoder),
+      keep=1)
+  message = (f'checkpoint {saved} is a linear-evaluation checkpoint, not a '
+             "pretraining one; pass the pretraining checkpoint (its workdir's "
+             'checkpoints/ file) instead, e.g. the one it evaluated, '
+             f'{encoder}')
+  config.checkpoint = str(evaluation)
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    train_loop.linear_evaluation(config, str(tmp_path / 'eval2'))
+  assert str(error.value) == message
+  assert not os.path.exists(tmp_path / 'eval2')
+  # A pretraining that warm-starts from it (--config.init_from) is told too.
+  state = byol.init_state(tiny.pretrain_config(), 10, (16, 16, 3))
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    train_loop.warm_start(state, saved, with_opt_state=False)
+  assert str(error.value) == message
 
 
 def test_finetuning_trains_the_encoder(dirs, pretrained, tmp_path):
