@@ -401,8 +401,11 @@ def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
   assert int(restored.step) == 3
   assert metadata['topology'] == dict(processes=2, devices=8)
   np.testing.assert_array_equal(restored.w, np.ones(2))
-  assert ("checkpoint written on {'processes': 2, 'devices': 8}, resuming "
-          "on {'processes': 1, 'devices': 4}") in capsys.readouterr().out
+  printed = capsys.readouterr()
+  assert printed.err.startswith(
+      "warning: checkpoint written on {'processes': 2, 'devices': 8}, "
+      "resuming on {'processes': 1, 'devices': 4}")
+  assert not printed.out  # warnings go to stderr, like errors
 
 
 @pytest.mark.parametrize('valid_top1s,warning', [
@@ -442,12 +445,28 @@ def test_resuming_a_pretraining_on_other_data_warns(capsys):
   saved = dict(config=config.to_dict())
   train_loop.warn_if_other_data(config, saved)
   train_loop.warn_if_other_data(config, {})  # a fresh run
-  assert not capsys.readouterr().out
+  assert capsys.readouterr() == ('', '')
   config.dataset.update(name='image_folder', data_dir='/data/mine')
   train_loop.warn_if_other_data(config, saved)
-  assert capsys.readouterr().out == (
+  printed = capsys.readouterr()
+  assert not printed.out  # warnings go to stderr, like errors
+  assert printed.err == (
       "warning: resuming a pretraining on other data (dataset.name "
       "'fashion_mnist' -> 'image_folder'; dataset.data_dir '' -> "
       "'/data/mine'); to "
       'start afresh from its weights, use a new --workdir with '
       '--config.init_from\n')
+
+
+@pytest.mark.parametrize('devices, steps, start, banner', [
+    (1, 1, 0, 'pretraining on fashion_mnist: 64 images, 1 step of 16 on 1 '
+     'device'),
+    (4, 12, 3, 'pretraining on fashion_mnist: 64 images, 12 steps of 16 on 4 '
+     'devices, resuming at step 3'),
+])
+def test_pretrain_banner_counts_in_the_singular_and_plural(devices, steps,
+                                                           start, banner):
+  schedules = byol.Schedules(global_batch_size=16, warmup_steps=0,
+                             total_steps=steps)
+  assert train_loop.pretrain_banner(tiny.pretrain_config(), 64, schedules,
+                                    devices, start) == banner
