@@ -234,6 +234,9 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
     try:
       for done in range(start_step + 1, total_steps + 1):
         state, metrics = step_fn(state, next(batches))
+        if done == start_step + 1:
+          # pmap compiled in that call (its run may still be in flight).
+          meter.first_step_done(done)
         is_last = done == total_steps
         if done % config.logging.log_every_steps == 0 or is_last:
           scalars = {k: float(v) for k, v in
@@ -446,6 +449,8 @@ def embed_split(embed_step: Callable, replicated_state: Any,
         replicated_state.params, replicated_state.state, batch['images'])))
     parts['labels'].append(np.asarray(batch['labels']))
     parts['mask'].append(np.asarray(batch['mask']))
+    if done == 1:
+      meter.first_step_done(done)
     if jax.process_index() == 0 and (
         done % config.logging.log_every_steps == 0 or done == num_batches):
       print(meter.report(done, f'embedding {split}'), flush=True)
@@ -527,6 +532,8 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
     for index, l2 in enumerate(grid, start=1):
       w, b, loss = fit_on(train, moments, w, b, l2)
       valid_top1 = accuracy(w, b, valid, moments)
+      if index == 1:
+        meter.first_step_done(index)
       valid_top1s.append(valid_top1)
       metrics = dict(l2=float(l2), log10_l2=float(np.log10(l2)),
                      train_loss=loss, valid_top1=valid_top1)

@@ -7,6 +7,8 @@ bitwise the parameters, statistics and optimizer state of the first. Linear eval
 although the last batch is ragged.
 """
 
+import functools
+import itertools
 import json
 import os
 import random
@@ -22,7 +24,9 @@ import pytest
 from byol_jax import byol
 from byol_jax import checkpoint
 from byol_jax import linear_eval
+from byol_jax import parallel
 from byol_jax import preemption
+from byol_jax import progress
 from byol_jax import train_loop
 from tests import tiny
 from tests.test_data_fashion_mnist import write_fashion_mnist
@@ -470,3 +474,28 @@ def test_pretrain_banner_counts_in_the_singular_and_plural(devices, steps,
                              total_steps=steps)
   assert train_loop.pretrain_banner(tiny.pretrain_config(), 64, schedules,
                                     devices, start) == banner
+
+
+def test_the_first_progress_line_leaves_out_the_compiling_step(
+    tmp_path, capsys, monkeypatch):
+  now = [0.0]
+  monkeypatch.setattr(train_loop.progress, 'Progress', functools.partial(
+      progress.Progress, clock=lambda: now[0]))
+  metrics = parallel.replicate(dict(loss=np.float32(1.0),
+                                    top1_accuracy=np.float32(0.5)))
+
+  def step_fn(state, batch):
+    del batch
+    now[0] += 30.0 if now[0] == 0.0 else 0.5  # the first step compiles
+    return state._replace(step=state.step + 1), metrics
+
+  config = tiny.pretrain_config()
+  config.logging.log_every_steps = 5
+  train_loop.run_steps(
+      step_fn, parallel.replicate(_State(np.int32(0), np.zeros(2))),
+      itertools.repeat(None), config=config, workdir=str(tmp_path),
+      total_steps=10, images_per_step=16, metadata={})
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(' | loss')[0] for line in lines] == [
+      'step 5/10 | 2.00 steps/s | 32 img/s | ETA 2s',
+      'step 10/10 | 2.00 steps/s | 32 img/s | ETA 0s']
