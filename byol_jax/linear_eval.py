@@ -103,11 +103,12 @@ def load_pretrained_encoder(state: EvalState, path: str) -> EvalState:
   code from it); the classifier stays as initialised.
 
   Raises:
-    checkpoint.CheckpointError: missing/corrupt file, a pickle that names
-      anything but the reference's classes, or another architecture (naming
-      the first differing parameter and both shapes).
+    checkpoint.CheckpointError: missing/corrupt file, a linear evaluation's
+      checkpoint, a pickle that names anything but the reference's classes,
+      or another architecture (naming the first differing parameter and both
+      shapes).
   """
-  arrays, _ = reference_checkpoint.load_any(path)
+  arrays, _ = reference_checkpoint.load_pretraining(path)
   encoder_params, classifier = hk.data_structures.partition(
       lambda m, n, v: not is_classifier(m, n, v), state.params)
   encoder_params = checkpoint.restore_into(encoder_params, arrays, path,

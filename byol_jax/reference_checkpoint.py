@@ -257,9 +257,24 @@ def load_arrays(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   return arrays, metadata
 
 
-def load_any(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """A byol_jax `.npz` or a reference `.pkl` (by suffix) as ({key: array},
-  metadata)."""
+def load_pretraining(
+    path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """A pretraining checkpoint, byol_jax `.npz` or reference `.pkl` (by
+  suffix), as ({key: array}, metadata).
+
+  Raises:
+    checkpoint.CheckpointError: see checkpoint.load_arrays and load_arrays;
+      also a linear evaluation's checkpoint, which holds no BYOL networks.
+  """
   if path.endswith('.pkl'):
     return load_arrays(path)
-  return checkpoint.load_arrays(path)
+  arrays, metadata = checkpoint.load_arrays(path)
+  if metadata.get('kind') == 'linear_eval':
+    encoder = metadata.get('encoder')
+    evaluated = (f', e.g. the one it evaluated, {encoder}'
+                 if encoder and encoder != 'random' else '')
+    raise checkpoint.CheckpointError(
+        f'checkpoint {path} is a linear-evaluation checkpoint, not a '
+        "pretraining one; pass the pretraining checkpoint (its workdir's "
+        f'checkpoints/ file) instead{evaluated}')
+  return arrays, metadata

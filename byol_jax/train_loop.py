@@ -9,6 +9,7 @@ metrics.jsonl, tensorboard/, metrics.png and results.json into the workdir.
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -107,10 +108,21 @@ def warn_if_other_data(config: ml_collections.ConfigDict,
   fields = _identity_fields(config, ('dataset.name', 'dataset.train_split'))
   changed = [f'{field} {old!r} -> {new!r}' for field, old, new
              in _changed_fields(restored.get('config', {}), config, fields)]
-  if changed and jax.process_index() == 0:
-    print(f'warning: resuming a pretraining on other data ({"; ".join(changed)}'
-          '); to start afresh from its weights, use a new --workdir with '
-          '--config.init_from', flush=True)
+  if changed:
+    _warn('warning: resuming a pretraining on other data '
+          f'({"; ".join(changed)}); to start afresh from its weights, use a '
+          'new --workdir with --config.init_from')
+
+
+def _warn(warning: str) -> None:
+  """Prints a `warning: ...` line on stderr, like errors (process 0 only)."""
+  if jax.process_index() == 0:
+    print(warning, file=sys.stderr, flush=True)
+
+
+def _counted(number: int, noun: str) -> str:
+  """'1 device', '4 devices': a count with its noun in the right number."""
+  return f'{number} {noun}' + ('' if number == 1 else 's')
 
 
 def check_finite(step: int, scalars: dict[str, float]) -> None:
@@ -146,12 +158,12 @@ def restore_latest(state: Any,
     logging.info('Resuming from %s', latest)
     state = checkpoint.restore_into(state, arrays, latest)
     saved, now = metadata.get('topology'), topology()
-    if saved is not None and saved != now and jax.process_index() == 0:
+    if saved is not None and saved != now:
       # Each process's data shard and each device's batch depend on these,
       # so the run continues correctly but not bitwise as it would have.
-      print(f'warning: checkpoint written on {saved}, resuming on {now}: '
+      _warn(f'warning: checkpoint written on {saved}, resuming on {now}: '
             'the data order and batch statistics differ from an '
-            'uninterrupted run from here on', flush=True)
+            'uninterrupted run from here on')
   multihost.agree_on_step(int(state.step))
   return state, metadata
 
@@ -171,9 +183,10 @@ def warm_start(state: byol.TrainState, path: str,
 
   Raises:
     checkpoint.CheckpointError: naming the first parameter that is missing or
-      differs in shape (both shapes given).
+      differs in shape (both shapes given); also a linear evaluation's
+      checkpoint.
   """
-  arrays, _ = reference_checkpoint.load_any(path)
+  arrays, _ = reference_checkpoint.load_pretraining(path)
   fields = ['online_params', 'online_state', 'target_params', 'target_state']
   if with_opt_state:
     fields.append('opt_state')
@@ -221,6 +234,9 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator, *,
     try:
       for done in range(start_step + 1, total_steps + 1):
         state, metrics = step_fn(state, next(batches))
+        if done == start_step + 1:
+          # pmap compiled in that call (its run may still be in flight).
+          meter.first_step_done(done)
         is_last = done == total_steps
         if done % config.logging.log_every_steps == 0 or is_last:
           scalars = {k: float(v) for k, v in
@@ -273,6 +289,16 @@ def completed_results(workdir: str, step: int, total_steps: int):
     return json.load(f)
 
 
+def pretrain_banner(config: ml_collections.ConfigDict, num_train: int,
+                    schedules: byol.Schedules, num_devices: int,
+                    start_step: int) -> str:
+  """The line a pretraining starts with: data, steps, batch and devices."""
+  return (f'pretraining on {config.dataset.name}: {num_train} images, '
+          f'{_counted(schedules.total_steps, "step")} of '
+          f'{schedules.global_batch_size} on {_counted(num_devices, "device")}'
+          + (f', resuming at step {start_step}' if start_step else ''))
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) BYOL pretraining; returns the final metrics."""
   parallel.check_batch_divisible(config.training.global_batch_size)
@@ -301,11 +327,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(f'pretraining already complete at step {start_step}', flush=True)
     return done
   if jax.process_index() == 0:
-    print(f'pretraining on {config.dataset.name}: {num_train} images, '
-          f'{schedules.total_steps} steps of {schedules.global_batch_size} '
-          f'on {jax.device_count()} devices'
-          + (f', resuming at step {start_step}' if start_step else ''),
-          flush=True)
+    print(pretrain_banner(config, num_train, schedules, jax.device_count(),
+                          start_step), flush=True)
 
   batches = device_feed.prefetch_to_devices(pipelines.pretrain_batches(
       config.dataset.name, split=split, **data, **process_kwargs(),
@@ -426,6 +449,8 @@ def embed_split(embed_step: Callable, replicated_state: Any,
         replicated_state.params, replicated_state.state, batch['images'])))
     parts['labels'].append(np.asarray(batch['labels']))
     parts['mask'].append(np.asarray(batch['mask']))
+    if done == 1:
+      meter.first_step_done(done)
     if jax.process_index() == 0 and (
         done % config.logging.log_every_steps == 0 or done == num_batches):
       print(meter.report(done, f'embedding {split}'), flush=True)
@@ -507,6 +532,8 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
     for index, l2 in enumerate(grid, start=1):
       w, b, loss = fit_on(train, moments, w, b, l2)
       valid_top1 = accuracy(w, b, valid, moments)
+      if index == 1:
+        meter.first_step_done(index)
       valid_top1s.append(valid_top1)
       metrics = dict(l2=float(l2), log10_l2=float(np.log10(l2)),
                      train_loss=loss, valid_top1=valid_top1)
@@ -522,8 +549,8 @@ def fit_probe(config: ml_collections.ConfigDict, train: feature_probe.Features,
     writer.close()
   metrics, w, b = best
   warning = grid_edge_warning(grid, valid_top1s)
-  if warning and jax.process_index() == 0:
-    print(warning, flush=True)
+  if warning:
+    _warn(warning)
   both = feature_probe.Features(*(
       np.concatenate([a, c], axis=1) for a, c in zip(train, valid)))
   moments = moments_fn(both.features, both.mask)
@@ -637,7 +664,8 @@ def linear_evaluation(config: ml_collections.ConfigDict,
     return done
   if jax.process_index() == 0:
     what = ('logistic regression on precomputed features' if precomputed
-            else f'{total_steps} steps of {config.training.global_batch_size}')
+            else f'{_counted(total_steps, "step")} of '
+                 f'{config.training.global_batch_size}')
     print(f'linear evaluation of {source or "a random encoder"} on '
           f'{config.dataset.name}: {what}'
           + (f', resuming at step {start_step}' if start_step else ''),

@@ -10,7 +10,8 @@
 #   --nodes N            nodes (= JAX processes) to run on
 #   --gpus-per-node G    GPUs each node drives (default 8)
 #   --partition P        SLURM partition (default: the cluster's)
-#   --time HH:MM:SS      time limit; the job requeues itself and resumes
+#   --time HH:MM:SS      time limit (or minutes, MM:SS, D-HH, D-HH:MM,
+#                        D-HH:MM:SS); the job requeues itself and resumes
 #   --account A          SLURM account to charge
 #   --module MODULE      entry point (default experiments.pretrain)
 #   --dry-run            print the sbatch command and the srun command the
@@ -32,8 +33,9 @@ module="experiments.pretrain"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 die() { echo "error: $*" >&2; exit 2; }
-# An option's value is the next argument, unless that is another option.
-need_value() { [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
+# An option's value is the next argument, unless that is empty or another
+# option.
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] && [[ "$2" != -* ]] || die "$1 needs a value, e.g. $1 VALUE (see --help)"; }
 usage() {  # the comment block at the top of this file, without its '#'
   sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }
@@ -54,6 +56,10 @@ done
 [ -n "$nodes" ] || die "--nodes is required (nodes = JAX processes), e.g. --nodes 4"
 [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got '$nodes'"
 [[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer, got '$gpus'"
+# Slurm's time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+[ -z "$time_limit" ] || [[ "$time_limit" =~ ^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$ ]] ||
+  die "--time must be minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, e.g. 24:00:00, got '$time_limit'"
+[[ ! "$module" =~ [[:space:]] ]] || die "--module must be a module name without spaces, e.g. experiments.linear_eval, got '$module'"
 [ $# -gt 0 ] || die "no entry-point flags after --; give at least --workdir and --config"
 
 cmd=(sbatch "--nodes=$nodes" --ntasks-per-node=1 "--gpus-per-node=$gpus"

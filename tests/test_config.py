@@ -216,6 +216,23 @@ def test_unprepared_dataset_is_one_line_without_tfds_warnings(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_a_number_as_dataset_name_is_one_line_naming_the_choices(tmp_path):
+  data_dir = tmp_path / 'tfds'
+  data_dir.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.pretrain',
+       f'--workdir={tmp_path / "run"}',
+       '--config=experiments/configs/byol.py:demo',
+       '--config.dataset.name=5', f'--config.dataset.data_dir={data_dir}'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip() == (
+      "error: dataset.name '5' is not a dataset name (TFDS names are "
+      'name[/config][:version]); pass --config.dataset.name=fashion_mnist, '
+      f'image_folder or a TFDS dataset prepared in {data_dir}'), result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
 def test_corrupt_prepared_dataset_is_one_line_and_leaves_no_files(tmp_path):
   source, data_dir = tmp_path / 'source', tmp_path / 'tfds'
   write_fashion_mnist(str(source), num_train=64, num_test=10)

@@ -140,3 +140,54 @@ def test_imagenet_error_says_where_the_tars_go(tmp_path, no_network):
 def test_unknown_dataset_is_a_dataset_error(tmp_path, no_network):
   with pytest.raises(DatasetError, match="no dataset 'not_a_dataset'"):
     sources.dataset_spec('not_a_dataset', str(tmp_path), fashion_mnist_dir='')
+
+
+def _prepare_stand_in(data_dir, *parts):
+  """A folder that looks like a prepared TFDS dataset, to be listed."""
+  folder = data_dir.joinpath(*parts)
+  folder.mkdir(parents=True)
+  (folder / 'dataset_info.json').write_text('{}')
+
+
+@pytest.mark.parametrize('name, problem', [
+    ('5', "dataset.name '5' is not a dataset name (TFDS names are "
+     'name[/config][:version]); '),
+    ('', "dataset.name '' is not a dataset name"),
+    ('Fashion-MNIST', "dataset.name 'Fashion-MNIST' is not a dataset name"),
+    ('not_a_dataset', "no dataset 'not_a_dataset' in {data_dir} and TFDS "
+     'knows no builder of that name; '),
+])
+def test_a_name_that_names_no_dataset_is_one_line_with_the_choices(
+    tmp_path, no_network, name, problem):
+  _prepare_stand_in(tmp_path, 'cifar100', '3.0.2')
+  _prepare_stand_in(tmp_path, 'imagenet2012_subset', '1pct', '5.0.0')
+  with pytest.raises(DatasetError) as error:
+    sources.dataset_spec(name, str(tmp_path), fashion_mnist_dir='')
+  message = str(error.value)
+  assert message.startswith(problem.format(data_dir=tmp_path)), message
+  assert ('pass --config.dataset.name=fashion_mnist, image_folder or a TFDS '
+          f'dataset prepared in {tmp_path} (cifar100, imagenet2012_subset)'
+          in message), message
+  assert '\n' not in message
+
+
+def test_a_config_or_version_the_dataset_lacks_is_one_line(dirs, tmp_path,
+                                                           no_network):
+  with pytest.raises(DatasetError) as error:
+    sources.dataset_spec('cifar10/no_such_config', str(tmp_path),
+                         fashion_mnist_dir='')
+  assert str(error.value) == (
+      "dataset.name 'cifar10/no_such_config': BuilderConfig no_such_config "
+      'not found with version 3.0.2; change or drop what follows cifar10 in '
+      'it, e.g. --config.dataset.name=cifar10')
+  data_dir, source = dirs
+  with pytest.raises(DatasetError) as error:
+    sources.dataset_spec('fashion_mnist:9.9.9', data_dir,
+                         fashion_mnist_dir=source)
+  assert str(error.value).startswith(
+      "dataset.name 'fashion_mnist:9.9.9': Dataset fashion_mnist cannot be "
+      'loaded at version 9.9.9, only: 3.0.1; change or drop'), error.value
+  # A version TFDS has is a genuine name.
+  spec = sources.dataset_spec('fashion_mnist:3.*.*', data_dir,
+                              fashion_mnist_dir=source)
+  assert spec.num_classes == 10

@@ -97,6 +97,45 @@ def test_slurm_submits_one_task_per_node_and_passes_the_arguments():
   assert _ends_with_args(srun)
 
 
+@pytest.mark.parametrize('time_limit', ['90', '30:00', '24:00:00', '2-12',
+                                        '2-12:30', '2-12:30:15'])
+def test_slurm_passes_each_of_slurms_time_formats(time_limit):
+  sbatch = shlex.split(_dry_run('slurm_gpu.sh', '--nodes', '2', '--time',
+                                time_limit)[0])
+  assert f'--time={time_limit}' in sbatch
+
+
+def _slurm_error(*options):
+  """slurm_gpu.sh's exit status and stderr for `options`; nothing printed."""
+  result = subprocess.run(['bash', os.path.join(REPO, 'launch', 'slurm_gpu.sh'),
+                           '--dry-run', '--nodes', '2', *options, '--', *ARGS],
+                          capture_output=True, text=True, timeout=60)
+  assert not result.stdout
+  return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize('time_limit', ['24h', '1:00:00:00', '2-', '1-2:3:4:5',
+                                        '1.5', ' 90'])
+def test_slurm_refuses_a_time_slurm_cannot_read(time_limit):
+  assert _slurm_error('--time', time_limit) == (2, (
+      'error: --time must be minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or '
+      f"D-HH:MM:SS, e.g. 24:00:00, got '{time_limit}'\n"))
+
+
+@pytest.mark.parametrize('module', ['experiments.linear_eval ',
+                                    'experiments. pretrain', 'a\tb'])
+def test_slurm_refuses_a_module_with_whitespace(module):
+  assert _slurm_error('--module', module) == (2, (
+      'error: --module must be a module name without spaces, e.g. '
+      f"experiments.linear_eval, got '{module}'\n"))
+
+
+@pytest.mark.parametrize('option', ['--time', '--module', '--partition'])
+def test_slurm_refuses_an_empty_value(option):
+  assert _slurm_error(option, '') == (
+      2, f'error: {option} needs a value, e.g. {option} VALUE (see --help)\n')
+
+
 def test_sbatch_script_asks_for_one_task_per_node_and_a_warning_signal():
   with open(os.path.join(REPO, 'launch', 'slurm_gpu.sbatch')) as f:
     directives = re.findall(r'^#SBATCH (\S+)', f.read(), re.MULTILINE)

@@ -7,6 +7,8 @@ bitwise the parameters, statistics and optimizer state of the first. Linear eval
 although the last batch is ragged.
 """
 
+import functools
+import itertools
 import json
 import os
 import random
@@ -19,8 +21,12 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from byol_jax import byol
 from byol_jax import checkpoint
+from byol_jax import linear_eval
+from byol_jax import parallel
 from byol_jax import preemption
+from byol_jax import progress
 from byol_jax import train_loop
 from tests import tiny
 from tests.test_data_fashion_mnist import write_fashion_mnist
@@ -344,6 +350,31 @@ def test_linear_eval_of_other_architecture_names_the_parameter(
     train_loop.linear_evaluation(config, str(tmp_path))
 
 
+def test_a_linear_evaluation_checkpoint_as_the_encoder_says_what_to_pass(
+    dirs, tmp_path):
+  config = _linear_eval_config(dirs)
+  encoder = '/runs/byol/checkpoints/checkpoint_000000012.npz'
+  evaluation = tmp_path / 'eval'
+  saved = checkpoint.save(
+      str(evaluation / 'checkpoints'), 4, linear_eval.init_state(config, 10),
+      dict(kind='linear_eval', config=config.to_dict(), encoder=encoder),
+      keep=1)
+  message = (f'checkpoint {saved} is a linear-evaluation checkpoint, not a '
+             "pretraining one; pass the pretraining checkpoint (its workdir's "
+             'checkpoints/ file) instead, e.g. the one it evaluated, '
+             f'{encoder}')
+  config.checkpoint = str(evaluation)
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    train_loop.linear_evaluation(config, str(tmp_path / 'eval2'))
+  assert str(error.value) == message
+  assert not os.path.exists(tmp_path / 'eval2')
+  # A pretraining that warm-starts from it (--config.init_from) is told too.
+  state = byol.init_state(tiny.pretrain_config(), 10, (16, 16, 3))
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    train_loop.warm_start(state, saved, with_opt_state=False)
+  assert str(error.value) == message
+
+
 def test_finetuning_trains_the_encoder(dirs, pretrained, tmp_path):
   config = _linear_eval_config(dirs, checkpoint=pretrained['workdir'],
                                finetune=True)
@@ -374,8 +405,11 @@ def test_resuming_on_another_topology_warns_it_is_not_bitwise(tmp_path,
   assert int(restored.step) == 3
   assert metadata['topology'] == dict(processes=2, devices=8)
   np.testing.assert_array_equal(restored.w, np.ones(2))
-  assert ("checkpoint written on {'processes': 2, 'devices': 8}, resuming "
-          "on {'processes': 1, 'devices': 4}") in capsys.readouterr().out
+  printed = capsys.readouterr()
+  assert printed.err.startswith(
+      "warning: checkpoint written on {'processes': 2, 'devices': 8}, "
+      "resuming on {'processes': 1, 'devices': 4}")
+  assert not printed.out  # warnings go to stderr, like errors
 
 
 @pytest.mark.parametrize('valid_top1s,warning', [
@@ -415,12 +449,53 @@ def test_resuming_a_pretraining_on_other_data_warns(capsys):
   saved = dict(config=config.to_dict())
   train_loop.warn_if_other_data(config, saved)
   train_loop.warn_if_other_data(config, {})  # a fresh run
-  assert not capsys.readouterr().out
+  assert capsys.readouterr() == ('', '')
   config.dataset.update(name='image_folder', data_dir='/data/mine')
   train_loop.warn_if_other_data(config, saved)
-  assert capsys.readouterr().out == (
+  printed = capsys.readouterr()
+  assert not printed.out  # warnings go to stderr, like errors
+  assert printed.err == (
       "warning: resuming a pretraining on other data (dataset.name "
       "'fashion_mnist' -> 'image_folder'; dataset.data_dir '' -> "
       "'/data/mine'); to "
       'start afresh from its weights, use a new --workdir with '
       '--config.init_from\n')
+
+
+@pytest.mark.parametrize('devices, steps, start, banner', [
+    (1, 1, 0, 'pretraining on fashion_mnist: 64 images, 1 step of 16 on 1 '
+     'device'),
+    (4, 12, 3, 'pretraining on fashion_mnist: 64 images, 12 steps of 16 on 4 '
+     'devices, resuming at step 3'),
+])
+def test_pretrain_banner_counts_in_the_singular_and_plural(devices, steps,
+                                                           start, banner):
+  schedules = byol.Schedules(global_batch_size=16, warmup_steps=0,
+                             total_steps=steps)
+  assert train_loop.pretrain_banner(tiny.pretrain_config(), 64, schedules,
+                                    devices, start) == banner
+
+
+def test_the_first_progress_line_leaves_out_the_compiling_step(
+    tmp_path, capsys, monkeypatch):
+  now = [0.0]
+  monkeypatch.setattr(train_loop.progress, 'Progress', functools.partial(
+      progress.Progress, clock=lambda: now[0]))
+  metrics = parallel.replicate(dict(loss=np.float32(1.0),
+                                    top1_accuracy=np.float32(0.5)))
+
+  def step_fn(state, batch):
+    del batch
+    now[0] += 30.0 if now[0] == 0.0 else 0.5  # the first step compiles
+    return state._replace(step=state.step + 1), metrics
+
+  config = tiny.pretrain_config()
+  config.logging.log_every_steps = 5
+  train_loop.run_steps(
+      step_fn, parallel.replicate(_State(np.int32(0), np.zeros(2))),
+      itertools.repeat(None), config=config, workdir=str(tmp_path),
+      total_steps=10, images_per_step=16, metadata={})
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(' | loss')[0] for line in lines] == [
+      'step 5/10 | 2.00 steps/s | 32 img/s | ETA 2s',
+      'step 10/10 | 2.00 steps/s | 32 img/s | ETA 0s']

@@ -28,6 +28,7 @@ as TFDS's train split above, and 'test' is the test folder.
 from collections.abc import Iterator, Mapping
 import contextlib
 import os
+import re
 from typing import NamedTuple
 
 from absl import logging
@@ -139,7 +140,7 @@ def _without_tfds_warnings() -> Iterator[None]:
 
 def get_builder(name: str, data_dir: str | None, *,
                 fashion_mnist_dir: str) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS builder for `name` ('name' or 'name:version').
+  """The prepared TFDS builder for `name` ('name[/config][:version]').
 
   `data_dir` None means TFDS's default ($TFDS_DATA_DIR or
   ~/tensorflow_datasets).
@@ -149,9 +150,11 @@ def get_builder(name: str, data_dir: str | None, *,
   dataset that is not prepared fails at once.
 
   Raises:
-    DatasetError: unknown dataset, not prepared, or bad Fashion-MNIST files.
+    DatasetError: not a TFDS name, unknown dataset, a config or version the
+      dataset lacks, not prepared, or bad Fashion-MNIST files.
   """
   data_dir = data_dir or os.path.expanduser(tfds.core.constants.DATA_DIR)
+  extras = _name_extras(name, data_dir)
   if name.split(':')[0] == 'fashion_mnist':
     fashion_mnist.prepare_fashion_mnist(data_dir, fashion_mnist_dir)
   with _without_tfds_warnings():
@@ -160,12 +163,59 @@ def get_builder(name: str, data_dir: str | None, *,
     except tfds.core.registered.DatasetNotFoundError:
       raise DatasetError(
           f'no dataset {name!r} in {data_dir} and TFDS knows no builder of '
-          f'that name: check the name, or put its prepared {name}/ directory '
-          f'in {data_dir}/.') from None
+          f'that name; {_name_choices(data_dir)}, or put its prepared '
+          f'{name}/ directory in {data_dir}/') from None
+    except (AssertionError, TypeError, ValueError) as e:
+      if not extras:
+        raise  # not the name's fault
+      base = name.split('/')[0].split(':')[0]
+      raise DatasetError(
+          f'dataset.name {name!r}: {_tfds_reason(e)}; change or drop what '
+          f'follows {base} in it, e.g. --config.dataset.name={base}') from None
     prepared = builder.is_prepared()
   if not prepared:
     raise DatasetError(_not_prepared_message(builder))
   return builder
+
+
+def _name_extras(name: str, data_dir: str) -> dict[str, object]:
+  """What a TFDS name gives besides the dataset, e.g. {'version': '3.*.*'}.
+
+  Raises:
+    DatasetError: `name` is not a TFDS name at all (e.g. '5' or 'a b').
+  """
+  try:
+    _, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
+  except ValueError:  # TFDS's 18-line explanation of its name syntax
+    raise DatasetError(
+        f'dataset.name {name!r} is not a dataset name (TFDS names are '
+        f'name[/config][:version]); {_name_choices(data_dir)}') from None
+  return kwargs
+
+
+def _name_choices(data_dir: str) -> str:
+  """The fix for a dataset name that cannot work: the names that can."""
+  prepared = [n for n in _prepared_names(data_dir) if n != 'fashion_mnist']
+  listed = f' ({", ".join(prepared)})' if prepared else ''
+  return (f'pass --config.dataset.name=fashion_mnist, {image_folder.NAME} or '
+          f'a TFDS dataset prepared in {data_dir}{listed}')
+
+
+def _prepared_names(data_dir: str) -> list[str]:
+  """Datasets in data_dir with a <version>/ or <config>/<version>/ folder."""
+  names = set()
+  for depth in (3, 4):  # data_dir/name[/config]/version/dataset_info.json
+    pattern = os.path.join(data_dir, *['*'] * (depth - 1), 'dataset_info.json')
+    names.update(path.split('/')[-depth] for path in tf.io.gfile.glob(pattern))
+  return sorted(names - {'downloads'})
+
+
+def _tfds_reason(error: Exception) -> str:
+  """The first sentence of why TFDS could not construct a builder."""
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  reason = re.sub(r'^Failed to construct dataset .*?builder_kwargs ".*?": ',
+                  '', lines[0])
+  return reason.split('. ')[0].rstrip('.')
 
 
 def _tfds_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
