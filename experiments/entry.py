@@ -4,6 +4,7 @@ running a job with one-line errors."""
 import os
 import re
 import sys
+import tempfile
 from typing import Any, Callable
 
 from absl import flags
@@ -47,6 +48,30 @@ def enable_compilation_cache() -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
+def workdir_problem(workdir: str, gfile) -> str | None:
+  """Why `workdir` cannot hold a run's files, or None; creates nothing.
+
+  A workdir that exists must be a folder. On a local path, the nearest
+  existing ancestor of a workdir still to be created must be a folder that
+  takes a new folder (tried with an empty one, removed at once); remote
+  paths such as gs:// are left to their first write.
+  """
+  if gfile.exists(workdir):
+    return None if gfile.isdir(workdir) else 'is a file, not a folder'
+  if '://' in workdir:
+    return None
+  ancestor = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    return f'cannot be created: {ancestor} is a file'
+  try:  # what access() cannot tell: read-only mounts, /proc, ACLs
+    os.rmdir(tempfile.mkdtemp(prefix='.byol_jax_write_check_', dir=ancestor))
+  except OSError as e:
+    return f'cannot be created in {ancestor} ({e.strerror})'
+  return None
+
+
 def run(job: Callable[[Any, str], Any], config: Any, argv: list[str]) -> None:
   """Runs `job(config, workdir)` on this host's share of the run.
 
@@ -67,9 +92,10 @@ def run(job: Callable[[Any, str], Any], config: Any, argv: list[str]) -> None:
     cli.exit_with(e, sys.argv)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   workdir = WORKDIR.value
-  if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
-    print(f'error: --workdir={workdir} is a file, not a folder; pass a new or '
-          'existing folder', file=sys.stderr, flush=True)
+  problem = workdir_problem(workdir, tf.io.gfile)
+  if problem:
+    print(f'error: --workdir={workdir} {problem}; pass a new or existing '
+          'folder you can write to', file=sys.stderr, flush=True)
     sys.exit(2)
   try:
     # Before anything touches a JAX backend (the compilation cache does not).

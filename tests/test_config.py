@@ -193,8 +193,45 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == (
       f'error: --workdir={workdir} is a file, not a folder; pass a new or '
-      'existing folder')
+      'existing folder you can write to')
   assert workdir.read_text() == 'not a folder'
+
+
+def test_workdir_that_cannot_be_created_is_one_line_before_any_work(
+    tmp_path):
+  parent = tmp_path / 'file'
+  parent.write_text('not a folder')
+  workdir = parent / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.pretrain', f'--workdir={workdir}'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip() == (
+      f'error: --workdir={workdir} cannot be created: {parent} is a file; '
+      'pass a new or existing folder you can write to')
+  assert not result.stdout  # nothing started
+  assert sorted(os.listdir(tmp_path)) == ['file']
+
+
+def test_workdir_under_a_read_only_folder_is_refused(tmp_path,
+                                                     monkeypatch):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from experiments import entry  # pylint: disable=g-import-not-at-top
+  read_only = str(tmp_path / 'ro')
+  os.mkdir(read_only)
+  real_mkdtemp = entry.tempfile.mkdtemp
+
+  def mkdtemp(prefix, dir):  # pylint: disable=redefined-builtin
+    if dir == read_only:  # chmod does not stop root: pretend it does
+      raise PermissionError(13, 'Permission denied')
+    return real_mkdtemp(prefix=prefix, dir=dir)
+
+  monkeypatch.setattr(entry.tempfile, 'mkdtemp', mkdtemp)
+  assert entry.workdir_problem(f'{read_only}/a/b', tf.io.gfile) == (
+      f'cannot be created in {read_only} (Permission denied)')
+  assert entry.workdir_problem(str(tmp_path / 'new'), tf.io.gfile) is None
+  assert entry.workdir_problem(read_only, tf.io.gfile) is None  # exists
+  assert os.listdir(tmp_path) == ['ro']  # the check left nothing behind
 
 
 def test_unprepared_dataset_is_one_line_without_tfds_warnings(tmp_path):
