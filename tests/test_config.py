@@ -187,9 +187,7 @@ def test_missing_config_file_and_empty_batch_are_one_line(flags, message):
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
   workdir = tmp_path / 'file'
   workdir.write_text('not a folder')
-  result = subprocess.run(
-      [sys.executable, '-m', 'experiments.pretrain', f'--workdir={workdir}'],
-      capture_output=True, text=True, timeout=120)
+  result = _run_pretrain(f'--workdir={workdir}')  # the last one counts
   assert result.returncode == 2
   assert result.stderr.strip() == (
       f'error: --workdir={workdir} is a file, not a folder; pass a new or '
@@ -202,9 +200,7 @@ def test_workdir_that_cannot_be_created_is_one_line_before_any_work(
   parent = tmp_path / 'file'
   parent.write_text('not a folder')
   workdir = parent / 'run'
-  result = subprocess.run(
-      [sys.executable, '-m', 'experiments.pretrain', f'--workdir={workdir}'],
-      capture_output=True, text=True, timeout=120)
+  result = _run_pretrain(f'--workdir={workdir}')  # the last one counts
   assert result.returncode == 2
   assert result.stderr.strip() == (
       f'error: --workdir={workdir} cannot be created: {parent} is a file; '
